@@ -1,0 +1,102 @@
+"""The one small interface every output module implements, and what it is given."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import IO, Any, Protocol
+
+from twisted.internet.interfaces import IReactorTime
+from twisted.python.filepath import FilePath
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookEvent:
+    """One accepted webhook, handed to a module.
+
+    Attributes:
+        namespace: The config namespace the webhook was found in.
+        webhook_id: The webhook's id.
+        request_id: A unique id for this request (for logs and file names).
+        received_at: Seconds since the epoch, from the injected clock.
+        headers: Lower-case header names to all their values, as received.
+        body: The exact received body bytes.
+        payload: The parsed body: JSON value for ``data_type: json``, the
+            raw bytes for ``blob``.
+        data_type: ``"json"`` or ``"blob"``.
+        client_ip: The client address as the checks established it.
+    """
+
+    namespace: str
+    webhook_id: str
+    request_id: str
+    received_at: float
+    headers: Mapping[str, list[str]]
+    body: bytes
+    payload: Any
+    data_type: str
+    client_ip: str
+
+
+class ModuleUnavailable(Exception):
+    """The module's sink failed or is full: the sender should retry later.
+
+    Attributes:
+        reason: Client-safe reason (no secrets, no internal addresses of
+            credentials).
+        retry_after: Seconds the sender should wait before retrying.
+    """
+
+    def __init__(self, reason: str, retry_after: int = 30) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.retry_after = retry_after
+
+
+class Module(Protocol):
+    """An output module instance, built once per config entry."""
+
+    async def deliver(self, event: WebhookEvent) -> None:
+        """Hand the event to the sink; return once the sink has accepted it.
+
+        Raises:
+            ModuleUnavailable: the sink refused or failed; the sender gets 503.
+        """
+
+    async def close(self) -> None:
+        """Release what the instance holds; called when its entry goes away."""
+
+
+class HTTPClientLike(Protocol):
+    """The part of ``treq.HTTPClient`` modules use (StubTreq provides it too)."""
+
+    def request(self, method: str, url: str, **kwargs: Any) -> Any:
+        """Start a request; returns a Deferred firing with a response."""
+
+
+@dataclass(frozen=True)
+class ModuleContext:
+    """What the composition root gives every module factory.
+
+    Attributes:
+        clock: The reactor's time interface; every timeout uses it.
+        stdout: Where the ``log`` module writes (a text stream).
+        http: An HTTP client whose connections refuse private, loopback,
+            link-local and metadata addresses after DNS resolution.
+        http_unguarded: An HTTP client without that guard, used only for
+            hosts a module's ``allowed_hosts`` lists.
+        working_dir: The directory relative paths are resolved against and
+            the default confinement root of ``save_to_disk``.
+        connections: Validated connections.json entries by name.
+    """
+
+    clock: IReactorTime
+    stdout: IO[str]
+    http: HTTPClientLike
+    http_unguarded: HTTPClientLike
+    working_dir: FilePath  # type: ignore[type-arg]
+    connections: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+
+ModuleFactory = Callable[[Mapping[str, Any], ModuleContext], Module]
+"""Builds a module from its ``module-config``; raises ConfigError if invalid."""

@@ -1,0 +1,228 @@
+"""The ``log`` module: each webhook written to stdout, secrets masked.
+
+By default one JSON line per webhook, for log collectors; with
+``pretty_print: true`` a banner and indented JSON, for people watching a
+terminal. Credentials are masked before anything is written: the
+Authorization header always, other credential headers and sensitive payload
+keys unless ``redact_sensitive`` is false.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from collections.abc import Mapping
+from datetime import datetime, timezone
+from typing import IO, Any
+
+from twisted.logger import Logger
+
+from cwm.modules._config import get_bool, reject_unknown_keys
+from cwm.modules.base import ModuleContext, ModuleUnavailable, WebhookEvent
+
+REDACTED = "[REDACTED]"
+
+PRETTY_PAYLOAD_LIMIT = 10_000
+"""Characters of payload text a pretty-printed webhook shows at most."""
+
+_ALWAYS_REDACTED_HEADERS = frozenset({"authorization", "proxy-authorization"})
+_SENSITIVE_HEADERS = _ALWAYS_REDACTED_HEADERS | frozenset(
+    {"cookie", "set-cookie", "x-api-key", "x-auth-token"}
+)
+_SENSITIVE_HEADER_PARTS = ("signature", "hmac")
+
+_SENSITIVE_KEY_WORDS = frozenset(
+    {
+        "password",
+        "passwd",
+        "secret",
+        "token",
+        "api_key",
+        "apikey",
+        "access_key",
+        "private_key",
+        "authorization",
+        "auth",
+        "cookie",
+        "session",
+        "session_id",
+        "credential",
+        "credentials",
+        "ssn",
+        "credit_card",
+        "card_number",
+        "cvv",
+    }
+)
+
+_CAMEL_BOUNDARY = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
+_NON_WORD = re.compile(r"[^a-z0-9]+")
+
+_KNOWN_KEYS = frozenset({"pretty_print", "redact_sensitive"})
+
+
+def normalise_key(key: str) -> str:
+    """Lower-case ``key`` with words joined by ``_`` (``clientSecret`` → ``client_secret``)."""
+    return _NON_WORD.sub("_", _CAMEL_BOUNDARY.sub("_", key).lower())
+
+
+def is_sensitive_key(key: str) -> bool:
+    """Whether a payload key names a credential.
+
+    The normalised key must equal a sensitive word or end with ``_`` plus
+    one, so ``github_token`` and ``client_secret`` match while ``monkey``
+    and ``author`` do not.
+    """
+    normalised = normalise_key(key)
+    return any(
+        normalised == word or normalised.endswith("_" + word) for word in _SENSITIVE_KEY_WORDS
+    )
+
+
+def is_sensitive_header(name: str) -> bool:
+    """Whether a header carries a credential or a signature."""
+    lowered = name.lower()
+    return lowered in _SENSITIVE_HEADERS or any(
+        part in lowered for part in _SENSITIVE_HEADER_PARTS
+    )
+
+
+def redact_headers(headers: Mapping[str, list[str]], redact_sensitive: bool) -> dict[str, str]:
+    """Headers as ``name: value`` (repeated values joined by ", "), masked.
+
+    Authorization and Proxy-Authorization are masked even when
+    ``redact_sensitive`` is false.
+    """
+    shown: dict[str, str] = {}
+    for name, values in headers.items():
+        lowered = name.lower()
+        if lowered in _ALWAYS_REDACTED_HEADERS or (
+            redact_sensitive and is_sensitive_header(lowered)
+        ):
+            shown[lowered] = REDACTED
+        else:
+            shown[lowered] = ", ".join(values)
+    return shown
+
+
+def redact_payload(value: Any) -> Any:
+    """A copy of ``value`` with sensitive keys masked at any depth."""
+    if isinstance(value, Mapping):
+        return {
+            key: (
+                REDACTED
+                if isinstance(key, str) and is_sensitive_key(key)
+                else redact_payload(item)
+            )
+            for key, item in value.items()
+        }
+    if isinstance(value, (list, tuple)):
+        return [redact_payload(item) for item in value]
+    return value
+
+
+def _json_fallback(value: Any) -> Any:
+    if isinstance(value, (bytes, bytearray)):
+        return base64.b64encode(bytes(value)).decode("ascii")
+    return str(value)
+
+
+def _iso_utc(timestamp: float) -> str:
+    moment = datetime.fromtimestamp(timestamp, tz=timezone.utc)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class LogModule:
+    """Writes webhooks to a text stream; built once per config entry."""
+
+    _log = Logger()
+
+    def __init__(self, stdout: IO[str], pretty_print: bool, redact_sensitive: bool) -> None:
+        self._stdout = stdout
+        self._pretty_print = pretty_print
+        self._redact_sensitive = redact_sensitive
+
+    def render(self, event: WebhookEvent) -> str:
+        """The text written for ``event`` (newline-terminated); never mutates it."""
+        headers = redact_headers(event.headers, self._redact_sensitive)
+        if event.data_type == "blob" or isinstance(event.payload, (bytes, bytearray)):
+            blob = (
+                bytes(event.payload)
+                if isinstance(event.payload, (bytes, bytearray))
+                else event.body
+            )
+            body_key, body = "body_base64", base64.b64encode(blob).decode("ascii")
+        else:
+            payload = event.payload
+            if self._redact_sensitive:
+                payload = redact_payload(payload)
+            body_key, body = "payload", payload
+        if self._pretty_print:
+            return self._render_pretty(event, headers, body_key, body)
+        record = {
+            "event": "webhook",
+            "namespace": event.namespace,
+            "webhook_id": event.webhook_id,
+            "request_id": event.request_id,
+            "received_at": _iso_utc(event.received_at),
+            "headers": headers,
+            body_key: body,
+        }
+        return json.dumps(record, default=_json_fallback) + "\n"
+
+    def _render_pretty(
+        self, event: WebhookEvent, headers: dict[str, str], body_key: str, body: Any
+    ) -> str:
+        if body_key == "body_base64":
+            label, text = "body (base64):", str(body)
+        else:
+            label, text = "payload:", json.dumps(body, indent=2, default=_json_fallback)
+        if len(text) > PRETTY_PAYLOAD_LIMIT:
+            hidden = len(text) - PRETTY_PAYLOAD_LIMIT
+            text = text[:PRETTY_PAYLOAD_LIMIT] + f"\n... [truncated: {hidden} more characters]"
+        lines = [
+            f"=== WEBHOOK RECEIVED: {event.namespace}/{event.webhook_id} ===",
+            f"request_id: {event.request_id}",
+            f"received_at: {_iso_utc(event.received_at)}",
+            "headers:",
+            json.dumps(headers, indent=2),
+            label,
+            text,
+        ]
+        return "\n".join(lines) + "\n"
+
+    async def deliver(self, event: WebhookEvent) -> None:
+        """Write the webhook and flush, so a crash right after loses nothing."""
+        text = self.render(event)
+        try:
+            self._stdout.write(text)
+            self._stdout.flush()
+        except (OSError, ValueError) as error:
+            # ValueError: the stream was closed.
+            reason = getattr(error, "strerror", None) or type(error).__name__
+            self._log.error(
+                "could not write webhook {request_id} to stdout: {reason}",
+                request_id=event.request_id,
+                reason=reason,
+            )
+            raise ModuleUnavailable(f"could not write to stdout: {reason}") from error
+
+    async def close(self) -> None:
+        """Nothing to release: the stream belongs to the process."""
+
+
+def build(module_config: Mapping[str, Any], ctx: ModuleContext) -> LogModule:
+    """Build the ``log`` module from its ``module-config``.
+
+    Keys: ``pretty_print`` (false), ``redact_sensitive`` (true).
+
+    Raises:
+        ConfigError: an unknown key or a value of the wrong type.
+    """
+    reject_unknown_keys(module_config, _KNOWN_KEYS)
+    return LogModule(
+        stdout=ctx.stdout,
+        pretty_print=get_bool(module_config, "pretty_print", False),
+        redact_sensitive=get_bool(module_config, "redact_sensitive", True),
+    )

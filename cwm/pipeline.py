@@ -1,0 +1,216 @@
+"""One webhook's way: namespace and id -> lookup -> checks -> body -> module -> the answer.
+
+The answer tells the truth: 200 only once the module has accepted the webhook;
+503 with Retry-After when its sink failed; 202 when it has not finished within
+the entry's ``response_timeout`` (it then finishes in the background, and that
+outcome is logged too). Every request ends in exactly one outcome event.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from cwm.auth.base import CheckFailed
+from cwm.body import parse_body
+from cwm.config.model import DEFAULT_NAMESPACE, namespace_problem, webhook_id_problem
+from cwm.config.store import ConfigStore, Webhook
+from cwm.errors import HTTPError
+from cwm.modules.base import ModuleUnavailable, WebhookEvent
+from cwm.request import InboundRequest
+
+OK_BODY: Mapping[str, Any] = {"message": "200 OK"}
+ACCEPTED_BODY: Mapping[str, Any] = {
+    "message": "202 Accepted",
+    "status": "accepted",
+    "note": "Request accepted, processing continues in the background",
+}
+BUSY_RETRY_AFTER = 1
+FAILED_RETRY_AFTER = 30
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A successful answer: status and JSON body."""
+
+    status: int
+    body: Mapping[str, Any]
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+_TIMED_OUT = object()
+
+
+class WebhookPipeline:
+    """Runs each webhook request through the configured checks and module."""
+
+    _log = Logger()
+
+    def __init__(self, store: ConfigStore, clock: IReactorTime, max_in_flight: int) -> None:
+        self._store = store
+        self._clock = clock
+        self._max_in_flight = max_in_flight
+        self.in_flight = 0
+
+    async def handle(self, namespace: str | None, webhook_id: str, request: InboundRequest) -> Answer:
+        """Process one request; raise HTTPError for every answer but 200 and 202."""
+        request_id = uuid.uuid4().hex
+        where = f"{namespace or DEFAULT_NAMESPACE}/{webhook_id}"
+        try:
+            webhook = self._find(namespace, webhook_id)
+            client_ip = webhook.checks.client_ip(request)
+            payload = self._verify(webhook, request)
+            event = WebhookEvent(
+                namespace=webhook.namespace,
+                webhook_id=webhook_id,
+                request_id=request_id,
+                received_at=request.received_at,
+                headers=request.headers,
+                body=request.body,
+                payload=payload,
+                data_type=webhook.entry.data_type,
+                client_ip=client_ip,
+            )
+            answer = await self._dispatch(webhook, event)
+        except HTTPError as e:
+            self._outcome(where, request_id, request, e.status, e.detail)
+            raise
+        except CancelledError:
+            self._outcome(where, request_id, request, 499, "client went away; delivery continues")
+            raise
+        self._outcome(where, request_id, request, answer.status, "")
+        return answer
+
+    def _find(self, namespace: str | None, webhook_id: str) -> Webhook:
+        if namespace is not None:
+            problem = namespace_problem(namespace)
+            if problem:
+                raise HTTPError(400, problem)
+        problem = webhook_id_problem(webhook_id)
+        if problem:
+            raise HTTPError(400, problem)
+        found = self._store.lookup(namespace or DEFAULT_NAMESPACE, webhook_id)
+        if found is None:
+            if namespace is None:
+                raise HTTPError(404, "Webhook ID not found")
+            raise HTTPError(404, f"Webhook ID not found in namespace '{namespace}'")
+        return found
+
+    def _verify(self, webhook: Webhook, request: InboundRequest) -> Any:
+        try:
+            for check in webhook.checks.checks:
+                check(request)
+            payload = parse_body(
+                webhook.entry.data_type, request.body, request.header("content-type")
+            )
+            if webhook.checks.payload_check is not None:
+                webhook.checks.payload_check(request, payload)
+        except CheckFailed as e:
+            raise HTTPError(e.status, e.reason, e.headers) from None
+        return payload
+
+    async def _dispatch(self, webhook: Webhook, event: WebhookEvent) -> Answer:
+        if self.in_flight >= self._max_in_flight:
+            raise HTTPError(
+                503,
+                f"Server busy: {self.in_flight} deliveries in flight",
+                {"Retry-After": str(BUSY_RETRY_AFTER)},
+            )
+        self.in_flight += 1
+        waiting: list[Deferred[tuple[object]]] = []
+        finished_early: list[object] = []
+
+        def finished(result: object) -> None:
+            # Results travel wrapped in a tuple so a Failure is a value here,
+            # never an unhandled error.
+            self.in_flight -= 1
+            if not waiting:
+                finished_early.append(result)
+            elif not waiting[0].called:
+                waiting[0].callback((result,))
+            else:
+                self._background_outcome(event, result)
+
+        delivery: Deferred[None] = Deferred.fromCoroutine(webhook.module.deliver(event))  # type: ignore[arg-type]
+        delivery.addBoth(finished)
+        if finished_early:  # the module finished synchronously: no timer needed
+            return self._answer(webhook, event, finished_early[0])
+
+        answered: Deferred[tuple[object]] = Deferred()
+        waiting.append(answered)
+
+        def timed_out() -> None:
+            if not answered.called:
+                answered.callback((_TIMED_OUT,))
+
+        timer = self._clock.callLater(webhook.entry.response_timeout, timed_out)
+        try:
+            (result,) = await answered
+        finally:
+            if timer.active():
+                timer.cancel()
+        return self._answer(webhook, event, result)
+
+    def _answer(self, webhook: Webhook, event: WebhookEvent, result: object) -> Answer:
+        if result is _TIMED_OUT:
+            return Answer(202, ACCEPTED_BODY)
+        if isinstance(result, Failure):
+            if result.check(ModuleUnavailable):
+                error = result.value
+                raise HTTPError(503, error.reason, {"Retry-After": str(error.retry_after)})
+            self._log.failure(
+                "module {module} failed for {namespace}/{webhook_id}",
+                result,
+                module=webhook.entry.module,
+                namespace=event.namespace,
+                webhook_id=event.webhook_id,
+            )
+            raise HTTPError(
+                503,
+                f"Module '{webhook.entry.module}' failed",
+                {"Retry-After": str(FAILED_RETRY_AFTER)},
+            )
+        return Answer(200, OK_BODY)
+
+    def _background_outcome(self, event: WebhookEvent, result: object) -> None:
+        if isinstance(result, Failure):
+            reason = (
+                result.value.reason
+                if result.check(ModuleUnavailable)
+                else f"{result.type.__name__}"  # type: ignore[union-attr]
+            )
+            self._log.error(
+                "webhook {namespace}/{webhook_id} request {request_id}: background delivery failed: {reason}",
+                namespace=event.namespace,
+                webhook_id=event.webhook_id,
+                request_id=event.request_id,
+                reason=reason,
+            )
+        else:
+            self._log.info(
+                "webhook {namespace}/{webhook_id} request {request_id}: background delivery done",
+                namespace=event.namespace,
+                webhook_id=event.webhook_id,
+                request_id=event.request_id,
+            )
+
+    def _outcome(
+        self, where: str, request_id: str, request: InboundRequest, status: int, detail: str
+    ) -> None:
+        self._log.info(
+            "webhook {where} {status}{sep}{detail} request={request_id} peer={peer}",
+            where=where,
+            status=status,
+            sep=" " if detail else "",
+            detail=detail,
+            request_id=request_id,
+            peer=request.peer_ip,
+            duration=self._clock.seconds() - request.received_at,
+        )

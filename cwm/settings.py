@@ -1,0 +1,215 @@
+"""Every environment variable and command-line option of ``twistd cwm``, parsed once.
+
+Precedence is always: an option given on the command line, then the environment
+variable, then the default. An invalid value stops start-up with one line that
+names the variable (or option) and the value.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import NoReturn, TypeVar
+
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.testing import MemoryReactor
+from twisted.python import usage
+from twisted.python.filepath import FilePath
+
+from cwm.errors import ConfigError
+
+T = TypeVar("T")
+
+DEFAULT_MAX_BODY_BYTES = 10 * 1024 * 1024
+CONFIG_BACKENDS = ("file", "etcd")
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off", "")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The receiver's settings after parsing and validation.
+
+    Attributes:
+        listen: A strports server endpoint description (``tcp:8000``).
+        webhooks_file: Path of webhooks.json.
+        connections_file: Path of connections.json.
+        config_backend: ``file`` (``etcd`` comes with its own issue).
+        file_watching: Reload the files when they change on disk.
+        reload_debounce: Seconds a changed file must stay unchanged before it
+            is read.
+        max_body_bytes: Largest accepted request body.
+        max_concurrent_tasks: Most module deliveries in flight at once; past it
+            the sender gets 503 with Retry-After instead of waiting.
+        working_dir: Directory relative paths are resolved against.
+    """
+
+    listen: str
+    webhooks_file: FilePath  # type: ignore[type-arg]
+    connections_file: FilePath  # type: ignore[type-arg]
+    config_backend: str
+    file_watching: bool
+    reload_debounce: float
+    max_body_bytes: int
+    max_concurrent_tasks: int
+    working_dir: FilePath  # type: ignore[type-arg]
+
+
+def _boolean(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in _TRUE:
+        return True
+    if lowered in _FALSE:
+        return False
+    raise ValueError("expected true or false")
+
+
+def _number(minimum: float, maximum: float) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise ValueError("expected a number") from None
+        if not (minimum <= value <= maximum):  # also rejects nan
+            raise ValueError(f"expected a number from {minimum:g} to {maximum:g}")
+        return value
+
+    return parse
+
+
+def _integer(minimum: int, maximum: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text.strip())
+        except ValueError:
+            raise ValueError("expected a whole number") from None
+        if not (minimum <= value <= maximum):
+            raise ValueError(f"expected a whole number from {minimum} to {maximum}")
+        return value
+
+    return parse
+
+
+def _choice(*choices: str) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        value = text.strip().lower()
+        if value not in choices:
+            raise ValueError("expected one of " + ", ".join(choices))
+        return value
+
+    return parse
+
+
+def _endpoint(text: str) -> str:
+    try:
+        serverFromString(MemoryReactor(), text)
+    except (ValueError, TypeError, KeyError) as e:
+        raise ValueError(f"not a server endpoint description ({e})") from None
+    return text
+
+
+class _Source:
+    """Looks a setting up on the command line, then in the environment."""
+
+    def __init__(self, cli: Mapping[str, str | None], environ: Mapping[str, str]) -> None:
+        self._cli = cli
+        self._environ = environ
+
+    def get(
+        self,
+        option: str | None,
+        variable: str | None,
+        parse: Callable[[str], T],
+        default: T,
+    ) -> T:
+        if option is not None and self._cli.get(option) is not None:
+            raw, name = self._cli[option], f"--{option}"
+        elif variable is not None and variable in self._environ:
+            raw, name = self._environ[variable], variable
+        else:
+            return default
+        assert raw is not None
+        try:
+            return parse(raw)
+        except ValueError as e:
+            raise ConfigError(f"invalid {name}={raw!r}: {e}") from None
+
+
+def _default_listen(source: _Source) -> str:
+    port = source.get(None, "PORT", _integer(0, 65535), 8000)
+    host = source.get(None, "HOST", str.strip, "")
+    if not host:
+        return f"tcp:{port}"
+    return f"tcp:{port}:interface={host.replace(':', chr(92) + ':')}"
+
+
+def parse_settings(
+    cli: Mapping[str, str | None],
+    environ: Mapping[str, str],
+    cwd: str,
+) -> Settings:
+    """Build Settings from command-line values (None = not given) and the environment.
+
+    Raises:
+        ConfigError: one line naming the variable or option and its bad value.
+    """
+    source = _Source(cli, environ)
+    working_dir = FilePath(cwd)
+
+    def path(text: str) -> FilePath:  # type: ignore[type-arg]
+        if not text.strip():
+            raise ValueError("expected a file path")
+        return FilePath(os.path.join(cwd, os.path.expanduser(text)))
+
+    listen = source.get("listen", None, _endpoint, "") or _endpoint(_default_listen(source))
+    backend = source.get("config-backend", "CONFIG_BACKEND", _choice(*CONFIG_BACKENDS), "file")
+    if backend != "file":
+        raise ConfigError(
+            f"invalid CONFIG_BACKEND={backend!r}: the etcd backend is not part of this build yet"
+        )
+    return Settings(
+        listen=listen,
+        webhooks_file=source.get("webhooks", "WEBHOOKS_CONFIG_FILE", path, path("webhooks.json")),
+        connections_file=source.get(
+            "connections", "CONNECTIONS_CONFIG_FILE", path, path("connections.json")
+        ),
+        config_backend=backend,
+        file_watching=source.get(None, "CONFIG_FILE_WATCHING_ENABLED", _boolean, False),
+        reload_debounce=source.get(
+            None, "CONFIG_RELOAD_DEBOUNCE_SECONDS", _number(0.0, 3600.0), 3.0
+        ),
+        max_body_bytes=source.get(
+            None, "MAX_BODY_BYTES", _integer(1, 1 << 31), DEFAULT_MAX_BODY_BYTES
+        ),
+        max_concurrent_tasks=source.get(None, "MAX_CONCURRENT_TASKS", _integer(1, 100_000), 100),
+        working_dir=working_dir,
+    )
+
+
+class ReceiverOptions(usage.Options):
+    """Command-line options of ``twistd cwm``."""
+
+    optParameters = [
+        ["listen", None, None, "Server endpoint to listen on (default from HOST/PORT, else tcp:8000)."],
+        ["webhooks", None, None, "webhooks.json path (env WEBHOOKS_CONFIG_FILE; default webhooks.json)."],
+        ["connections", None, None, "connections.json path (env CONNECTIONS_CONFIG_FILE; default connections.json)."],
+        ["config-backend", None, None, "file or etcd (env CONFIG_BACKEND; default file)."],
+    ]
+
+    settings: Settings
+
+    def postOptions(self) -> None:
+        """Parse everything now, so a bad value stops start-up before any service runs."""
+        cli = {name: self[name] for name in ("listen", "webhooks", "connections", "config-backend")}
+        try:
+            self.settings = parse_settings(cli, os.environ, os.getcwd())
+        except ConfigError as e:
+            _fail(str(e))
+
+
+def _fail(message: str) -> NoReturn:
+    # twistd would print the whole usage text for a UsageError; one line is clearer.
+    sys.stderr.write(f"cwm: {message}\n")
+    raise SystemExit(2)

@@ -1,0 +1,10 @@
+"""twistd plugins of cwm: tiny shims, nothing heavy imported here."""
+
+from twisted.application.service import ServiceMaker
+
+cwm_receiver = ServiceMaker(
+    "cwm",
+    "cwm.service",
+    "Webhook receiver and router (Klein on the reactor).",
+    "cwm",
+)
