@@ -138,7 +138,7 @@ class WebhookPipeline:
             else:
                 self._background_outcome(event, result)
 
-        delivery: Deferred[None] = Deferred.fromCoroutine(webhook.module.deliver(event))  # type: ignore[arg-type]
+        delivery: Deferred[None] = Deferred.fromCoroutine(webhook.module.deliver(event))
         delivery.addBoth(finished)
         if finished_early:  # the module finished synchronously: no timer needed
             return self._answer(webhook, event, finished_early[0])
@@ -184,7 +184,7 @@ class WebhookPipeline:
             reason = (
                 result.value.reason
                 if result.check(ModuleUnavailable)
-                else f"{result.type.__name__}"  # type: ignore[union-attr]
+                else f"{result.type.__name__}"
             )
             self._log.error(
                 "webhook {namespace}/{webhook_id} request {request_id}: background delivery failed: {reason}",

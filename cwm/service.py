@@ -44,7 +44,11 @@ def _sighup_installer(reactor: Any) -> Callable[[Callable[[], None]], Callable[[
         previous = signal.signal(
             signal.SIGHUP, lambda signum, frame: reactor.callFromThread(callback)
         )
-        return lambda: signal.signal(signal.SIGHUP, previous)
+
+        def remove() -> None:
+            signal.signal(signal.SIGHUP, previous)
+
+        return remove
 
     return install
 

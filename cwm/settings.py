@@ -47,14 +47,14 @@ class Settings:
     """
 
     listen: str
-    webhooks_file: FilePath  # type: ignore[type-arg]
-    connections_file: FilePath  # type: ignore[type-arg]
+    webhooks_file: FilePath
+    connections_file: FilePath
     config_backend: str
     file_watching: bool
     reload_debounce: float
     max_body_bytes: int
     max_concurrent_tasks: int
-    working_dir: FilePath  # type: ignore[type-arg]
+    working_dir: FilePath
 
 
 def _boolean(text: str) -> bool:
@@ -158,7 +158,7 @@ def parse_settings(
     source = _Source(cli, environ)
     working_dir = FilePath(cwd)
 
-    def path(text: str) -> FilePath:  # type: ignore[type-arg]
+    def path(text: str) -> FilePath:
         if not text.strip():
             raise ValueError("expected a file path")
         return FilePath(os.path.join(cwd, os.path.expanduser(text)))

@@ -160,7 +160,7 @@ class IpWhitelistCheck:
         client = resolve_client_ip(request, self.trusted_proxies)
         address = parse_address(client)
         if address is None or not _within(address, self.networks):
-            raise CheckFailed(f"IP {client[:64]} not in whitelist", status=403)
+            raise CheckFailed(f"IP {client[:64]} not in whitelist")
 
 
 def build_ip_whitelist(

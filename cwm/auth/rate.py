@@ -61,6 +61,8 @@ class RateLimitCheck:
         trusted_proxies: Sequence[IPNetwork] = (),
         max_clients: int = DEFAULT_MAX_CLIENTS,
     ) -> None:
+        if max_requests < 1 or max_clients < 1:
+            raise ValueError("max_requests and max_clients must be >= 1")
         self.max_requests = max_requests
         self.window_seconds = window_seconds
         self.per = per
@@ -108,6 +110,11 @@ class RateLimitCheck:
         log.append(now)
 
 
+# Each tracked key keeps one timestamp per allowed request, so the quota is
+# capped to keep the exact sliding log's memory bounded.
+MAX_REQUESTS_LIMIT = 100_000
+
+
 def build_rate_limit(
     value: object,
     trusted_proxies: Sequence[IPNetwork] = (),
@@ -120,8 +127,15 @@ def build_rate_limit(
     max_requests = options.get("max_requests")
     if max_requests is None:
         max_requests = 100
-    if isinstance(max_requests, bool) or not isinstance(max_requests, int) or max_requests < 1:
-        raise ConfigError(f"{_KEY}: max_requests must be an integer >= 1, not {quote(max_requests)}")
+    if (
+        isinstance(max_requests, bool)
+        or not isinstance(max_requests, int)
+        or not 1 <= max_requests <= MAX_REQUESTS_LIMIT
+    ):
+        raise ConfigError(
+            f"{_KEY}: max_requests must be an integer from 1 to {MAX_REQUESTS_LIMIT}, "
+            f"not {quote(max_requests)}"
+        )
     window_seconds = optional_number(_KEY, options, "window_seconds", 60.0, allow_zero=False)
     per = optional_choice(_KEY, options, "per", _PER) or "webhook"
     return RateLimitCheck(max_requests, window_seconds, per, trusted_proxies, max_clients)

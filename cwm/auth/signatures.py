@@ -96,11 +96,12 @@ def _required_header(request: InboundRequest, names: Sequence[str]) -> str:
     raise CheckFailed(f"Missing {names[0]} header")
 
 
-def _timestamp(text: str | None) -> int:
-    """A Unix timestamp in seconds, written in ASCII digits."""
+def _timestamp(text: str | None) -> tuple[int, bytes]:
+    """A Unix timestamp in ASCII digits: its value, and its bytes as they were signed."""
     if text is None or not _TIMESTAMP.fullmatch(text.strip()):
         raise CheckFailed(_INVALID_TIMESTAMP)
-    return int(text.strip())
+    digits = text.strip()
+    return int(digits), digits.encode("ascii")
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,13 +125,13 @@ class _BodyScheme:
     headers: tuple[str, ...]
     algorithm: str
     encoding: str
-    prefix_required: bool
+    prefix: str | None = None
+    prefix_required: bool = False
 
     def extract(self, request: InboundRequest) -> _Signed:
         value = _required_header(request, self.headers)
-        prefix = f"{self.algorithm}="
-        if value[: len(prefix)].lower() == prefix:
-            value = value[len(prefix) :]
+        if self.prefix is not None and value[: len(self.prefix)].lower() == self.prefix:
+            value = value[len(self.prefix) :]
         elif self.prefix_required:
             raise CheckFailed(_INVALID_FORMAT)
         size = ALGORITHMS[self.algorithm]().digest_size
@@ -161,7 +162,7 @@ class _StripeScheme:
                 v1.append(content)
         if not v1:
             raise CheckFailed(_INVALID_FORMAT)
-        when = _timestamp(timestamp)
+        when, when_bytes = _timestamp(timestamp)
         size = hashlib.sha256().digest_size
         signatures = tuple(
             signature
@@ -170,7 +171,7 @@ class _StripeScheme:
         )
         if not signatures:
             raise CheckFailed(_INVALID_FORMAT)
-        return _Signed(f"{when}.".encode("ascii") + request.body, signatures, when)
+        return _Signed(when_bytes + b"." + request.body, signatures, when)
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,8 +188,8 @@ class _SlackScheme:
         signature = _decode_hex(value[3:], hashlib.sha256().digest_size)
         if signature is None:
             raise CheckFailed(_INVALID_FORMAT)
-        when = _timestamp(request.header(self.timestamp_header))
-        return _Signed(f"v0:{when}:".encode("ascii") + request.body, (signature,), when)
+        when, when_bytes = _timestamp(request.header(self.timestamp_header))
+        return _Signed(b"v0:" + when_bytes + b":" + request.body, (signature,), when)
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,7 +215,7 @@ class _StandardWebhooksScheme:
         if "." in message_id:
             # The id is followed by "." in the signed bytes: one in it is ambiguous.
             raise CheckFailed(f"Invalid {prefix}id header")
-        when = _timestamp(request.header(f"{prefix}timestamp"))
+        when, when_bytes = _timestamp(request.header(f"{prefix}timestamp"))
         size = hashlib.sha256().digest_size
         signatures: list[bytes] = []
         for entry in value.split():
@@ -226,7 +227,7 @@ class _StandardWebhooksScheme:
                 signatures.append(signature)
         if not signatures:
             raise CheckFailed(_INVALID_FORMAT)
-        message = header_bytes(message_id) + f".{when}.".encode("ascii") + request.body
+        message = header_bytes(message_id) + b"." + when_bytes + b"." + request.body
         return _Signed(message, tuple(signatures), when)
 
 
@@ -293,7 +294,11 @@ def _standard_webhooks_key(secret: str) -> bytes:
 
 
 def _fixed(
-    options: Mapping[str, Any], field: str, chosen: str | None, allowed: Sequence[str], provider: str
+    options: Mapping[str, Any],
+    field: str,
+    chosen: str | None,
+    allowed: Sequence[str],
+    provider: str,
 ) -> str:
     """A provider's fixed algorithm or encoding; a conflicting explicit value is an error."""
     if chosen is not None and chosen not in allowed:
@@ -331,13 +336,18 @@ def build_hmac(value: object) -> HmacCheck:
     scheme: _Scheme
     if provider is None:
         algorithm = algorithm or "sha256"
-        scheme = _BodyScheme((header,), algorithm, encoding or "hex", prefix_required=False)
+        # Upstream's format: "<digest>" or "<alg>=<digest>" (so GitHub's works too).
+        scheme = _BodyScheme((header,), algorithm, encoding or "hex", prefix=f"{algorithm}=")
     elif provider == "github":
         algorithm = _fixed(options, "algorithm", algorithm, ("sha256", "sha1"), provider)
         _fixed(options, "encoding", encoding, ("hex",), provider)
         default = "X-Hub-Signature-256" if algorithm == "sha256" else "X-Hub-Signature"
         scheme = _BodyScheme(
-            (header if header_override else default,), algorithm, "hex", prefix_required=True
+            (header if header_override else default,),
+            algorithm,
+            "hex",
+            prefix=f"{algorithm}=",
+            prefix_required=True,
         )
     else:
         algorithm = _fixed(options, "algorithm", algorithm, ("sha256",), provider)
@@ -346,7 +356,7 @@ def build_hmac(value: object) -> HmacCheck:
             names: tuple[str, ...] = (
                 (header,) if header_override else ("X-Shopify-Hmac-Sha256", "Shopify-Hmac-Sha256")
             )
-            scheme = _BodyScheme(names, algorithm, "base64", prefix_required=False)
+            scheme = _BodyScheme(names, algorithm, "base64")
         elif provider == "stripe":
             _fixed(options, "encoding", encoding, ("hex",), provider)
             scheme = _StripeScheme(header if header_override else "Stripe-Signature")

@@ -11,6 +11,7 @@ import base64
 import binascii
 import re
 from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any
 
 from cwm.auth._config import (
@@ -107,7 +108,7 @@ class BasicAuthCheck:
     __slots__ = ("_password", "_username")
 
     #: Sent with every failure so that clients know which scheme to use.
-    challenge: Mapping[str, str] = {"WWW-Authenticate": 'Basic realm="cwm"'}
+    challenge: Mapping[str, str] = MappingProxyType({"WWW-Authenticate": 'Basic realm="cwm"'})
 
     def __init__(self, username: str, password: str) -> None:
         self._username = text_bytes(username)

@@ -40,7 +40,7 @@ class _Unreadable(Exception):
 class _WatchedFile:
     """One config file and what was last seen and last loaded of it."""
 
-    path: FilePath  # type: ignore[type-arg]
+    path: FilePath
     label: str
     stat_key: tuple[int, ...] | None = None
     content_hash: bytes | None = None
@@ -100,8 +100,8 @@ class FileConfigSource(Service):
     def __init__(
         self,
         store: ConfigStore,
-        webhooks: FilePath,  # type: ignore[type-arg]
-        connections: FilePath,  # type: ignore[type-arg]
+        webhooks: FilePath,
+        connections: FilePath,
         clock: IReactorTime,
         watching: bool = False,
         debounce: float = 3.0,

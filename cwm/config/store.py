@@ -230,7 +230,7 @@ class ConfigStore:
         )
 
     def _close(self, module: Module) -> Deferred[None]:
-        d: Deferred[None] = Deferred.fromCoroutine(module.close())  # type: ignore[arg-type]
+        d: Deferred[None] = Deferred.fromCoroutine(module.close())
 
         def failed(failure: Any) -> None:
             self._log.failure("closing a module failed", failure)

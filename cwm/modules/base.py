@@ -67,11 +67,9 @@ class Module(Protocol):
         """Release what the instance holds; called when its entry goes away."""
 
 
-class HTTPClientLike(Protocol):
-    """The part of ``treq.HTTPClient`` modules use (StubTreq provides it too)."""
-
-    def request(self, method: str, url: str, **kwargs: Any) -> Any:
-        """Start a request; returns a Deferred firing with a response."""
+# ``treq.client.HTTPClient`` in production, ``treq.testing.StubTreq`` in tests:
+# they share their API but no class, so the field is typed loosely.
+HTTPClientLike = Any
 
 
 @dataclass(frozen=True)
@@ -94,7 +92,7 @@ class ModuleContext:
     stdout: IO[str]
     http: HTTPClientLike
     http_unguarded: HTTPClientLike
-    working_dir: FilePath  # type: ignore[type-arg]
+    working_dir: FilePath
     connections: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
 

@@ -16,7 +16,9 @@ from urllib.parse import unquote_to_bytes
 from typing import Any
 
 from twisted.internet.interfaces import ITCPTransport
+from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web import http, server
 
 MAX_HEADERS = 100
@@ -43,7 +45,7 @@ class LimitedRequest(server.Request):
     _body_seen = 0
 
     def gotLength(self, length: int | None) -> None:
-        self.content = BytesIO()
+        self.content = BytesIO()  # type: ignore[assignment]
 
     def process(self) -> None:
         # Klein would answer a non-UTF-8 path with a plain-text body.
@@ -60,12 +62,13 @@ class LimitedRequest(server.Request):
         super().process()
 
     def handleContentChunk(self, data: bytes) -> None:
-        channel: LimitedChannel = self.channel
+        channel = self.channel
+        assert isinstance(channel, LimitedChannel)
         self._body_seen += len(data)
         if self._body_seen > channel.max_body_bytes:
             channel.reject(413, f"Payload too large: more than {channel.max_body_bytes} bytes")
             return
-        self.content.write(data)
+        self.content.write(data)  # type: ignore[attr-defined]
 
 
 class LimitedChannel(http.HTTPChannel):
@@ -165,14 +168,14 @@ class LimitedChannel(http.HTTPChannel):
     def _cut(self) -> None:
         self._linger = None
         if self.transport is not None:
-            self.transport.abortConnection()
+            self.transport.abortConnection()  # type: ignore[attr-defined]
 
     def allContentReceived(self) -> None:
         if self._rejected:
             return
         super().allContentReceived()
 
-    def connectionLost(self, reason: Any) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         if self._linger is not None and self._linger.active():
             self._linger.cancel()
         self._linger = None

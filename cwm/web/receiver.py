@@ -93,12 +93,14 @@ class WebhookReceiver:
 
     @app.handle_errors(HTTPError)
     def _http_error(self, request: IRequest, failure: Failure) -> bytes:
-        error: HTTPError = failure.value  # type: ignore[assignment]
+        error = failure.value
+        assert isinstance(error, HTTPError)
         return _render_error(request, error.status, error.detail, error.headers)
 
     @app.handle_errors(HTTPException)
     def _routing_error(self, request: IRequest, failure: Failure) -> bytes:
-        error: HTTPException = failure.value  # type: ignore[assignment]
+        error = failure.value
+        assert isinstance(error, HTTPException)
         code = error.code or 500
         headers: dict[str, str] = {}
         if code == 404:
