@@ -175,8 +175,9 @@ class FileConfigSource(Service):
         self.reloads += 1
         serving, valid_connections = self._store.counts()
         self._log.info(
-            "configuration loaded ({why}): {webhooks} webhooks, {connections} connections, "
+            "configuration {state} ({why}): {webhooks} webhooks, {connections} connections, "
             "{rejected} rejected",
+            state="kept, a file is unusable" if self.errors else "loaded",
             why=why,
             webhooks=serving,
             connections=valid_connections,

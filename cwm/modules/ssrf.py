@@ -23,7 +23,7 @@ from typing import Any
 from treq.client import HTTPClient
 from treq.cookies import IndexableCookieJar
 from twisted.internet.address import IPv4Address, IPv6Address
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.error import ConnectError, DNSLookupError
 from twisted.internet.interfaces import (
@@ -44,11 +44,8 @@ from twisted.web.client import (
     HTTPConnectionPool,
 )
 from twisted.web.error import SchemeNotSupported
-from twisted.web.iweb import IAgentEndpointFactory
-from zope.interface import (  # type: ignore[import-untyped]
-    alsoProvides,
-    implementer,
-)
+from twisted.web.iweb import IAgentEndpointFactory, IBodyProducer
+from zope.interface import alsoProvides, implementer
 
 _IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -161,9 +158,11 @@ class _FilteringReceiver:
         self._host_name = host_name
 
     def resolutionBegan(self, resolutionInProgress: Any) -> None:
+        """Pass the start on."""
         self._downstream.resolutionBegan(resolutionInProgress)
 
     def addressResolved(self, address: Any) -> None:
+        """Pass an allowed address on; count and log a refused one."""
         if isinstance(address, (IPv4Address, IPv6Address)) and not (
             self._resolver.is_forbidden(address.host)
         ):
@@ -178,6 +177,7 @@ class _FilteringReceiver:
         )
 
     def resolutionComplete(self) -> None:
+        """Pass the end on."""
         self._downstream.resolutionComplete()
 
 
@@ -220,7 +220,10 @@ class BlocklistingReactor:
     """A reactor view for an ``Agent``: a filtering resolver, guarded connects.
 
     Time and listening are delegated to the real reactor unchanged; IReactorSSL
-    is provided only when the real reactor provides it.
+    is provided only when the real reactor provides it. An ``Agent`` built
+    directly on this view is guarded too, but reports a refused name as
+    ``DNSLookupError``; ``build_http_clients`` wraps it per connection so the
+    refusal is reported as ``DestinationNotAllowed``.
     """
 
     _log = Logger()
@@ -238,11 +241,6 @@ class BlocklistingReactor:
         )
         if IReactorSSL.providedBy(reactor):
             alsoProvides(self, IReactorSSL)
-
-    @property
-    def wrapped_reactor(self) -> Any:
-        """The real reactor this view delegates to."""
-        return self._reactor
 
     # IReactorPluggableNameResolver
 
@@ -391,6 +389,40 @@ class _GuardedEndpointFactory:
         return endpoint
 
 
+@implementer(IBodyProducer)
+class BytesProducer:
+    """Writes a request body that is already in memory, all at once.
+
+    treq's default turns bytes into a ``FileBodyProducer``, which runs on the
+    global cooperator and so the global reactor; this needs neither.
+    """
+
+    def __init__(self, body: bytes) -> None:
+        self._body = body
+        self.length = len(body)
+
+    def startProducing(self, consumer: Any) -> Deferred[None]:
+        """Write the whole body."""
+        if self._body:
+            consumer.write(self._body)
+        return succeed(None)
+
+    def pauseProducing(self) -> None:
+        """Nothing to pause: everything was written at once."""
+
+    def resumeProducing(self) -> None:
+        """Nothing to resume."""
+
+    def stopProducing(self) -> None:
+        """Nothing to stop."""
+
+
+def _body_producer(data: Any) -> Any:
+    if isinstance(data, (bytes, bytearray)):
+        return BytesProducer(bytes(data))
+    return IBodyProducer(data)
+
+
 def _cookieless_jar() -> IndexableCookieJar:
     # Destinations must not be able to plant cookies that later webhooks
     # (perhaps of another namespace) would send back.
@@ -402,7 +434,8 @@ def build_http_clients(reactor: Any) -> tuple[HTTPClient, HTTPClient]:
 
     Each has its own persistent connection pool on ``reactor``; nothing is
     shared with treq's module-level functions or its global pool. Neither
-    keeps cookies.
+    keeps cookies, and request bodies given as bytes are written without the
+    global cooperator.
     """
     tls_policy = BrowserLikePolicyForHTTPS()
     guarded_agent: Any = Agent.usingEndpointFactory(
@@ -416,6 +449,14 @@ def build_http_clients(reactor: Any) -> tuple[HTTPClient, HTTPClient]:
         pool=HTTPConnectionPool(reactor, persistent=True),
     )
     return (
-        HTTPClient(guarded_agent, cookiejar=_cookieless_jar()),
-        HTTPClient(unguarded_agent, cookiejar=_cookieless_jar()),
+        HTTPClient(
+            guarded_agent,
+            cookiejar=_cookieless_jar(),
+            data_to_body_producer=_body_producer,
+        ),
+        HTTPClient(
+            unguarded_agent,
+            cookiejar=_cookieless_jar(),
+            data_to_body_producer=_body_producer,
+        ),
     )
