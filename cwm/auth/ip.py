@@ -129,6 +129,10 @@ def _forwarded_client(
 
 def resolve_client_ip(request: InboundRequest, trusted_proxies: Sequence[IPNetwork]) -> str:
     """The client's address: the peer, or what a trusted proxy peer says it forwarded."""
+    if not trusted_proxies and ":" not in request.peer_ip:
+        # Twisted reports an IPv4 peer in canonical dotted form; only IPv6
+        # (possibly IPv4-mapped) peers need normalising.
+        return request.peer_ip
     peer = parse_address(request.peer_ip)
     if peer is None:
         return request.peer_ip

@@ -10,10 +10,12 @@ keys unless ``redact_sensitive`` is false.
 from __future__ import annotations
 
 import base64
+import functools
+import math
+import time
 import json
 import re
 from collections.abc import Mapping
-from datetime import datetime, timezone
 from typing import IO, Any
 
 from twisted.logger import Logger
@@ -67,17 +69,17 @@ def normalise_key(key: str) -> str:
     return _NON_WORD.sub("_", _CAMEL_BOUNDARY.sub("_", key).lower())
 
 
+@functools.lru_cache(maxsize=4096)
 def is_sensitive_key(key: str) -> bool:
     """Whether a payload key names a credential.
 
     The normalised key must equal a sensitive word or end with ``_`` plus
     one, so ``github_token`` and ``client_secret`` match while ``monkey``
-    and ``author`` do not.
+    and ``author`` do not. Sensitive words have at most two parts, so the
+    last one or two parts decide; payloads repeat their keys, hence the cache.
     """
-    normalised = normalise_key(key)
-    return any(
-        normalised == word or normalised.endswith("_" + word) for word in _SENSITIVE_KEY_WORDS
-    )
+    parts = normalise_key(key).rsplit("_", 2)
+    return parts[-1] in _SENSITIVE_KEY_WORDS or "_".join(parts[-2:]) in _SENSITIVE_KEY_WORDS
 
 
 def is_sensitive_header(name: str) -> bool:
@@ -129,8 +131,9 @@ def _json_fallback(value: Any) -> Any:
 
 
 def _iso_utc(timestamp: float) -> str:
-    moment = datetime.fromtimestamp(timestamp, tz=timezone.utc)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    whole = math.floor(timestamp)
+    micros = min(int(round((timestamp - whole) * 1_000_000)), 999_999)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)) + ".%06dZ" % micros
 
 
 class LogModule:
