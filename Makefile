@@ -21,6 +21,7 @@ run: $(STAMP)
 		--webhooks examples/webhooks.json --connections examples/connections.json
 
 test: $(STAMP)
+	$(BIN)/python -m mypy cwm
 	$(BIN)/python -m pytest
 
 unit: $(STAMP)

@@ -1,0 +1,82 @@
+"""Settings: command line beats environment beats default; a bad value is one clear line."""
+
+from __future__ import annotations
+
+import pytest
+
+from cwm.errors import ConfigError
+from cwm.settings import DEFAULT_MAX_BODY_BYTES, parse_settings
+
+NO_CLI: dict[str, str | None] = {}
+
+
+def test_defaults() -> None:
+    """With nothing set, upstream's defaults apply."""
+    s = parse_settings(NO_CLI, {}, "/srv")
+    assert s.listen == "tcp:8000"
+    assert s.webhooks_file.path == "/srv/webhooks.json"
+    assert s.connections_file.path == "/srv/connections.json"
+    assert (s.config_backend, s.file_watching, s.reload_debounce) == ("file", False, 3.0)
+    assert (s.max_body_bytes, s.max_concurrent_tasks) == (DEFAULT_MAX_BODY_BYTES, 100)
+
+
+def test_env_overrides_defaults() -> None:
+    """Each environment variable is read once into its setting."""
+    s = parse_settings(
+        NO_CLI,
+        {
+            "WEBHOOKS_CONFIG_FILE": "conf/w.json",
+            "CONNECTIONS_CONFIG_FILE": "/etc/cwm/c.json",
+            "CONFIG_BACKEND": "FILE",
+            "CONFIG_FILE_WATCHING_ENABLED": "yes",
+            "CONFIG_RELOAD_DEBOUNCE_SECONDS": "0.5",
+            "MAX_BODY_BYTES": "1024",
+            "MAX_CONCURRENT_TASKS": "7",
+            "PORT": "9000",
+        },
+        "/srv",
+    )
+    assert s.webhooks_file.path == "/srv/conf/w.json"
+    assert s.connections_file.path == "/etc/cwm/c.json"
+    assert (s.file_watching, s.reload_debounce, s.max_body_bytes, s.max_concurrent_tasks) == (True, 0.5, 1024, 7)
+    assert s.listen == "tcp:9000"
+
+
+def test_host_and_port_make_the_listen_default() -> None:
+    """HOST/PORT build the endpoint; an IPv6 host has its colons escaped."""
+    assert parse_settings(NO_CLI, {"HOST": "127.0.0.1", "PORT": "81"}, "/").listen == "tcp:81:interface=127.0.0.1"
+    assert parse_settings(NO_CLI, {"HOST": "::1"}, "/").listen == "tcp:8000:interface=\\:\\:1"
+
+
+def test_cli_beats_env() -> None:
+    """An option given on the command line wins over its variable."""
+    s = parse_settings(
+        {"listen": "tcp:7000", "webhooks": "cli.json", "config-backend": "file", "connections": None},
+        {"PORT": "9000", "WEBHOOKS_CONFIG_FILE": "env.json", "CONNECTIONS_CONFIG_FILE": "envc.json"},
+        "/x",
+    )
+    assert (s.listen, s.webhooks_file.path, s.connections_file.path) == ("tcp:7000", "/x/cli.json", "/x/envc.json")
+
+
+@pytest.mark.parametrize(
+    "cli, env, message",
+    [
+        ({}, {"CONFIG_RELOAD_DEBOUNCE_SECONDS": "soon"}, "invalid CONFIG_RELOAD_DEBOUNCE_SECONDS='soon': expected a number"),
+        ({}, {"CONFIG_RELOAD_DEBOUNCE_SECONDS": "nan"}, "invalid CONFIG_RELOAD_DEBOUNCE_SECONDS='nan': expected a number from 0 to 3600"),
+        ({}, {"MAX_BODY_BYTES": "0"}, "invalid MAX_BODY_BYTES='0': expected a whole number from 1 to 2147483648"),
+        ({}, {"MAX_CONCURRENT_TASKS": "many"}, "invalid MAX_CONCURRENT_TASKS='many': expected a whole number"),
+        ({}, {"CONFIG_FILE_WATCHING_ENABLED": "maybe"}, "invalid CONFIG_FILE_WATCHING_ENABLED='maybe': expected true or false"),
+        ({}, {"PORT": "70000"}, "invalid PORT='70000': expected a whole number from 0 to 65535"),
+        ({}, {"CONFIG_BACKEND": "zk"}, "invalid CONFIG_BACKEND='zk': expected one of file, etcd"),
+        ({"config-backend": "zk"}, {}, "invalid --config-backend='zk': expected one of file, etcd"),
+        ({"listen": "bogus:1"}, {}, "invalid --listen='bogus:1': not a server endpoint description"),
+        ({}, {"WEBHOOKS_CONFIG_FILE": " "}, "invalid WEBHOOKS_CONFIG_FILE=' ': expected a file path"),
+        ({}, {"CONFIG_BACKEND": "etcd"}, "invalid CONFIG_BACKEND='etcd': the etcd backend is not part of this build yet"),
+    ],
+)
+def test_invalid_values_name_the_variable_and_value(cli: dict[str, str], env: dict[str, str], message: str) -> None:
+    """Each bad value raises one ConfigError line naming the variable (or option) and the value."""
+    with pytest.raises(ConfigError) as e:
+        parse_settings(cli, env, "/")
+    assert str(e.value).startswith(message)
+    assert "\n" not in str(e.value)
