@@ -23,6 +23,7 @@ setup(
             "pytest>=8,<10",
             "pytest-twisted>=1.14,<2",
             "mypy>=1.10",
+            "mypy-zope>=1.0.14",
         ],
     },
 )
