@@ -13,8 +13,9 @@ from typing import Any
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService, Service
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.endpoints import serverFromString
+from twisted.web.client import HTTPConnectionPool
 
 from cwm.config.files import FileConfigSource
 from cwm.config.store import ConfigStore
@@ -29,14 +30,20 @@ Options = ReceiverOptions
 
 
 class _StoreService(Service):
-    """Closes every module instance once everything else has stopped."""
+    """Closes every module instance, then the HTTP pools, once everything else has stopped."""
 
-    def __init__(self, store: ConfigStore) -> None:
+    def __init__(self, store: ConfigStore, pools: tuple[HTTPConnectionPool, ...]) -> None:
         self._store = store
+        self._pools = pools
 
     def stopService(self) -> Deferred[None]:
         super().stopService()
-        return self._store.close()
+
+        def close_pools(_: object) -> Deferred[None]:
+            closing = [pool.closeCachedConnections() for pool in self._pools]
+            return DeferredList(closing, consumeErrors=True).addCallback(lambda _: None)
+
+        return self._store.close().addCallback(close_pools)
 
 
 def _sighup_installer(reactor: Any) -> Callable[[Callable[[], None]], Callable[[], None]]:
@@ -61,7 +68,8 @@ def build_receiver(
     install_reload_signal: Callable[[Callable[[], None]], Callable[[], None]] | None = None,
 ) -> tuple[MultiService, WebhookReceiver, LimitedSite]:
     """Wire the receiver from its settings; returns the tree and its web parts."""
-    guarded, unguarded = build_http_clients(reactor)
+    pools = (HTTPConnectionPool(reactor, persistent=True), HTTPConnectionPool(reactor, persistent=True))
+    guarded, unguarded = build_http_clients(reactor, pools)
     context = ModuleContext(
         clock=reactor,
         stdout=stdout,
@@ -102,7 +110,7 @@ def build_receiver(
     top = MultiService()
     # Started in this order, stopped in reverse: the listener stops first,
     # then the watcher, then every module closes.
-    _StoreService(store).setServiceParent(top)
+    _StoreService(store, pools).setServiceParent(top)
     source.setServiceParent(top)
     StreamServerEndpointService(serverFromString(reactor, settings.listen), site).setServiceParent(top)
     return top, receiver, site

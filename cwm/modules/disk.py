@@ -218,11 +218,6 @@ class DiskModule:
                 errno=error.errno,
             )
             raise ModuleUnavailable(f"could not save the webhook: {reason}") from error
-        self._log.debug(
-            "saved webhook {request_id} as {file_name}",
-            request_id=event.request_id,
-            file_name=saved_as,
-        )
 
     def _write(self, content: bytes, name: str) -> str:
         real_base = os.path.realpath(self._base_dir)

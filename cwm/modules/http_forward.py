@@ -247,12 +247,6 @@ class HTTPForwardModule:
                 request_id=event.request_id,
             )
             raise ModuleUnavailable(f"upstream answered {status}")
-        self._log.debug(
-            "forwarded webhook {request_id} to {host}: {status}",
-            request_id=event.request_id,
-            host=self._host,
-            status=status,
-        )
 
     def _unavailable(
         self, event: WebhookEvent, error: Exception, started: float

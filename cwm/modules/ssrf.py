@@ -429,24 +429,32 @@ def _cookieless_jar() -> IndexableCookieJar:
     return IndexableCookieJar(policy=DefaultCookiePolicy(allowed_domains=[]))
 
 
-def build_http_clients(reactor: Any) -> tuple[HTTPClient, HTTPClient]:
+def build_http_clients(
+    reactor: Any,
+    pools: tuple[HTTPConnectionPool, HTTPConnectionPool] | None = None,
+) -> tuple[HTTPClient, HTTPClient]:
     """Build the (guarded, unguarded) HTTP clients modules deliver with.
 
-    Each has its own persistent connection pool on ``reactor``; nothing is
-    shared with treq's module-level functions or its global pool. Neither
+    Each has its own persistent connection pool on ``reactor`` (pass
+    ``pools`` to keep hold of them, e.g. to close them at shutdown); nothing
+    is shared with treq's module-level functions or its global pool. Neither
     keeps cookies, and request bodies given as bytes are written without the
     global cooperator.
     """
+    guarded_pool, unguarded_pool = pools or (
+        HTTPConnectionPool(reactor, persistent=True),
+        HTTPConnectionPool(reactor, persistent=True),
+    )
     tls_policy = BrowserLikePolicyForHTTPS()
     guarded_agent: Any = Agent.usingEndpointFactory(
         reactor,
         _GuardedEndpointFactory(reactor, tls_policy),
-        pool=HTTPConnectionPool(reactor, persistent=True),
+        pool=guarded_pool,
     )
     unguarded_agent: Any = Agent(
         reactor,
         contextFactory=tls_policy,
-        pool=HTTPConnectionPool(reactor, persistent=True),
+        pool=unguarded_pool,
     )
     return (
         HTTPClient(
