@@ -17,6 +17,7 @@ from cwm.auth.signatures import HmacCheck
 from cwm.auth.tokens import AuthorizationCheck, BasicAuthCheck, HeaderAuthCheck, QueryAuthCheck
 from cwm.errors import ConfigError
 from cwm.request import InboundRequest
+from tests.unit.inbound import inbound
 
 SECRET = "entry-secret-value-0123456789-abcdefghijklmnopqrstuvwxyz-0123456789"
 
@@ -38,14 +39,7 @@ FULL_ENTRY: dict[str, Any] = {
 def make_request(
     peer_ip: str = "192.0.2.10", headers: dict[str, str] | None = None
 ) -> InboundRequest:
-    return InboundRequest(
-        method="POST",
-        path="/webhook/ns/hook",
-        body=b"{}",
-        peer_ip=peer_ip,
-        received_at=1_700_000_000.0,
-        headers={name.lower(): [value] for name, value in (headers or {}).items()},
-    )
+    return inbound(headers, peer_ip=peer_ip)
 
 
 def test_build_checks_fixed_order() -> None:

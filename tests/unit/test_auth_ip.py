@@ -15,23 +15,14 @@ from cwm.auth.ip import (
 )
 from cwm.errors import ConfigError
 from cwm.request import InboundRequest
+from tests.unit.inbound import inbound
 
 
 def make_request(
     peer_ip: str = "203.0.113.5",
     headers: Mapping[str, str | Sequence[str]] | None = None,
 ) -> InboundRequest:
-    return InboundRequest(
-        method="POST",
-        path="/webhook/ns/hook",
-        body=b"{}",
-        peer_ip=peer_ip,
-        received_at=1_700_000_000.0,
-        headers={
-            name.lower(): [value] if isinstance(value, str) else list(value)
-            for name, value in (headers or {}).items()
-        },
-    )
+    return inbound(headers, peer_ip=peer_ip)
 
 
 PROXIES = parse_trusted_proxies(["10.0.0.0/8", "2001:db8:ffff::/48"])

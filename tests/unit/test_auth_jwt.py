@@ -17,21 +17,15 @@ from cwm.auth.base import CheckFailed
 from cwm.auth.jwt_check import build_jwt
 from cwm.errors import ConfigError
 from cwm.request import InboundRequest
+from tests.unit.inbound import inbound
 
 NOW = 1_700_000_000.0
 SECRET = "jwt-shared-secret-for-the-tests-" + "0123456789abcdef" * 2
 
 
 def make_request(authorization: str | None, received_at: float = NOW) -> InboundRequest:
-    headers = {} if authorization is None else {"authorization": [authorization]}
-    return InboundRequest(
-        method="POST",
-        path="/webhook/ns/hook",
-        body=b"{}",
-        peer_ip="192.0.2.10",
-        received_at=received_at,
-        headers=headers,
-    )
+    headers = {} if authorization is None else {"authorization": authorization}
+    return inbound(headers, received_at=received_at)
 
 
 def bearer(token: str) -> str:

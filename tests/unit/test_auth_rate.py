@@ -11,6 +11,7 @@ from cwm.auth.ip import parse_trusted_proxies
 from cwm.auth.rate import DEFAULT_MAX_CLIENTS, RateLimitCheck, build_rate_limit
 from cwm.errors import ConfigError
 from cwm.request import InboundRequest
+from tests.unit.inbound import inbound
 
 T0 = 1_700_000_000.0
 
@@ -18,14 +19,7 @@ T0 = 1_700_000_000.0
 def make_request(
     received_at: float, peer_ip: str = "192.0.2.10", headers: Mapping[str, str] | None = None
 ) -> InboundRequest:
-    return InboundRequest(
-        method="POST",
-        path="/webhook/ns/hook",
-        body=b"{}",
-        peer_ip=peer_ip,
-        received_at=received_at,
-        headers={name.lower(): [value] for name, value in (headers or {}).items()},
-    )
+    return inbound(headers, peer_ip=peer_ip, received_at=received_at)
 
 
 def refused(check: RateLimitCheck, request: InboundRequest) -> CheckFailed:

@@ -16,6 +16,7 @@ from cwm.auth.base import CheckFailed
 from cwm.auth.signatures import build_hmac
 from cwm.errors import ConfigError
 from cwm.request import InboundRequest
+from tests.unit.inbound import inbound
 
 VECTOR_BODY = b'{"test": 2432232314}'
 VECTOR_TS = 1614265330
@@ -54,17 +55,7 @@ def make_request(
     body: bytes = VECTOR_BODY,
     received_at: float = VECTOR_TS,
 ) -> InboundRequest:
-    return InboundRequest(
-        method="POST",
-        path="/webhook/ns/hook",
-        body=body,
-        peer_ip="192.0.2.10",
-        received_at=received_at,
-        headers={
-            name.lower(): [value] if isinstance(value, str) else list(value)
-            for name, value in (headers or {}).items()
-        },
-    )
+    return inbound(headers, body=body, received_at=received_at)
 
 
 def failure_of(check: object, request: InboundRequest) -> CheckFailed:

@@ -16,6 +16,7 @@ from cwm.auth.tokens import (
 )
 from cwm.errors import ConfigError
 from cwm.request import InboundRequest
+from tests.unit.inbound import inbound
 
 SECRET = "s3cr3t-T0ken-value"
 
@@ -24,24 +25,7 @@ def make_request(
     headers: Mapping[str, str | Sequence[str]] | None = None,
     query: Mapping[str, str | Sequence[str]] | None = None,
 ) -> InboundRequest:
-    def as_lists(
-        items: Mapping[str, str | Sequence[str]] | None, lower: bool
-    ) -> dict[str, list[str]]:
-        result: dict[str, list[str]] = {}
-        for name, value in (items or {}).items():
-            values = [value] if isinstance(value, str) else list(value)
-            result[name.lower() if lower else name] = values
-        return result
-
-    return InboundRequest(
-        method="POST",
-        path="/webhook/ns/hook",
-        body=b"{}",
-        peer_ip="192.0.2.10",
-        received_at=1_700_000_000.0,
-        headers=as_lists(headers, lower=True),
-        query=as_lists(query, lower=False),
-    )
+    return inbound(headers, query=query)
 
 
 def basic(credentials: str, encoding: str = "utf-8") -> str:
