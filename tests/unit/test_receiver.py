@@ -286,3 +286,18 @@ def test_rejected_entries_do_not_serve_and_are_listed(harness: Harness) -> None:
     assert rejected["broken"] == "unknown module 'nope'"
     assert "must be a JSON object" in rejected["_comment"]
     assert harness.post("/webhook/plain")[0] == 200
+
+
+def test_client_disconnect_lets_delivery_finish(harness: Harness) -> None:
+    """A client that goes away cancels the answer, never the module's delivery."""
+    d = harness.treq.post("http://cwm.test/webhook/slow", data=b"{}", headers={"Content-Type": "application/json"})
+    harness.treq.flush()
+    d.cancel()
+    harness.treq.flush()
+    _sync.failureResultOf(d)
+    assert harness.clock.getDelayedCalls() == []
+    assert harness.pipeline.in_flight == 1
+    module = harness.modules["slow"]
+    module.pending[0].callback(None)
+    assert harness.pipeline.in_flight == 0
+    assert len(module.events) == 1
