@@ -301,3 +301,19 @@ def test_client_disconnect_lets_delivery_finish(harness: Harness) -> None:
     module.pending[0].callback(None)
     assert harness.pipeline.in_flight == 0
     assert len(module.events) == 1
+
+
+def test_unexpected_error_is_500_json_without_traceback(harness: Harness, logged_failures: list[Any]) -> None:
+    """A bug behind a route answers 500 with a generic detail; the traceback only goes to the log."""
+
+    def broken() -> tuple[bool, Mapping[str, Any]]:
+        raise KeyError("internal detail")
+
+    receiver = WebhookReceiver(harness.pipeline, harness.clock, broken)
+    treq = StubTreq(receiver.resource())
+    response = _sync.successResultOf(treq.get("http://cwm.test/health"))
+    body = _sync.successResultOf(response.content())
+    assert (response.code, json.loads(body)) == (500, {"detail": "Internal server error"})
+    assert b"internal detail" not in body and b"Traceback" not in body
+    assert len(logged_failures) == 1
+    logged_failures.clear()
