@@ -8,6 +8,7 @@ outcome is logged too). Every request ends in exactly one outcome event.
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -26,24 +27,31 @@ from cwm.errors import HTTPError
 from cwm.modules.base import ModuleUnavailable, WebhookEvent
 from cwm.request import InboundRequest
 
-OK_BODY: Mapping[str, Any] = {"message": "200 OK"}
-ACCEPTED_BODY: Mapping[str, Any] = {
-    "message": "202 Accepted",
-    "status": "accepted",
-    "note": "Request accepted, processing continues in the background",
-}
 BUSY_RETRY_AFTER = 1
 FAILED_RETRY_AFTER = 30
 
 
 @dataclass(frozen=True)
 class Answer:
-    """A successful answer: status and JSON body."""
+    """A successful answer: status and the JSON body as sent."""
 
     status: int
-    body: Mapping[str, Any]
+    body: bytes
     headers: Mapping[str, str] = field(default_factory=dict)
 
+
+# Every success shares one of these two answers, encoded once.
+OK = Answer(200, json.dumps({"message": "200 OK"}).encode())
+ACCEPTED = Answer(
+    202,
+    json.dumps(
+        {
+            "message": "202 Accepted",
+            "status": "accepted",
+            "note": "Request accepted, processing continues in the background",
+        }
+    ).encode(),
+)
 
 _TIMED_OUT = object()
 
@@ -160,7 +168,7 @@ class WebhookPipeline:
 
     def _answer(self, webhook: Webhook, event: WebhookEvent, result: object) -> Answer:
         if result is _TIMED_OUT:
-            return Answer(202, ACCEPTED_BODY)
+            return ACCEPTED
         if isinstance(result, Failure):
             if result.check(ModuleUnavailable):
                 error = result.value
@@ -177,7 +185,7 @@ class WebhookPipeline:
                 f"Module '{webhook.entry.module}' failed",
                 {"Retry-After": str(FAILED_RETRY_AFTER)},
             )
-        return Answer(200, OK_BODY)
+        return OK
 
     def _background_outcome(self, event: WebhookEvent, result: object) -> None:
         if isinstance(result, Failure):

@@ -208,7 +208,7 @@ class DiskModule:
         content = self.file_content(event)
         name = self.file_name(event)
         try:
-            saved_as = self._write(content, name)
+            self._write(content, name)
         except OSError as error:
             reason = _describe(error)
             self._log.error(

@@ -122,7 +122,7 @@ class WebhookReceiver:
 
 
 def _render_answer(answer: Answer, request: IRequest) -> bytes:
-    return _json(request, answer.status, json.dumps(answer.body).encode(), answer.headers)
+    return _json(request, answer.status, answer.body, answer.headers)
 
 
 def _render_error(request: IRequest, status: int, detail: str, headers: Mapping[str, str]) -> bytes:
