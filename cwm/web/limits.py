@@ -83,6 +83,11 @@ class LimitedChannel(http.HTTPChannel):
     _header_line: bytes | None = None
     _linger: Any = None
 
+    def dataReceived(self, data: bytes) -> None:
+        if self._rejected:
+            return  # discarded unread while the answer drains (see reject)
+        super().dataReceived(data)
+
     def lineReceived(self, line: bytes) -> None:
         if self._rejected:
             return

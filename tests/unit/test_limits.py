@@ -5,11 +5,15 @@ from __future__ import annotations
 import json
 
 import pytest
+from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import ITCPTransport
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
 from twisted.web.resource import Resource
+from zope.interface import implementer
 
-from cwm.web.limits import LimitedChannel, LimitedSite
+from cwm.web.limits import LINGER_SECONDS, LimitedChannel, LimitedSite
 
 
 class Echo(Resource):
@@ -131,3 +135,50 @@ def test_non_utf8_path_is_json_400() -> None:
     channel, transport = connect()
     channel.dataReceived(b"POST /%ff HTTP/1.1\r\nContent-Length: 0\r\n\r\n")
     assert answer(transport) == (400, {"detail": "Request path is not valid UTF-8"})
+
+
+@implementer(ITCPTransport)
+class TCPLikeTransport(StringTransport):
+    """A StringTransport that can half-close, as a TCP transport can."""
+
+    write_closed = False
+    aborted = False
+
+    def loseWriteConnection(self) -> None:
+        self.write_closed = True
+
+    def abortConnection(self) -> None:
+        self.aborted = True
+
+    def setTcpNoDelay(self, enabled: bool) -> None:
+        pass
+
+
+def test_rejection_half_closes_then_cuts_after_linger() -> None:
+    """On TCP the answer is followed by a FIN; what the client still sends is dropped; then the cut."""
+    clock = Clock()
+    site = LimitedSite(Echo(), max_body_bytes=10, reactor=clock)
+    channel = site.buildProtocol(None)
+    transport = TCPLikeTransport()
+    channel.makeConnection(transport)
+    channel.dataReceived(b"POST /x HTTP/1.1\r\nContent-Length: 99\r\n\r\n")
+    assert answer(transport)[0] == 413
+    assert transport.write_closed and not transport.aborted
+    channel.dataReceived(b"y" * 100_000)
+    assert channel._buffer == b""
+    clock.advance(LINGER_SECONDS)
+    assert transport.aborted
+    channel.connectionLost(Failure(ConnectionDone()))
+    assert clock.getDelayedCalls() == []
+
+
+def test_client_closing_first_cancels_the_linger_timer() -> None:
+    """When the client closes after reading the answer, no timer is left behind."""
+    clock = Clock()
+    site = LimitedSite(Echo(), max_body_bytes=10, reactor=clock)
+    channel = site.buildProtocol(None)
+    transport = TCPLikeTransport()
+    channel.makeConnection(transport)
+    channel.dataReceived(b"POST /x HTTP/1.1\r\nContent-Length: 99\r\n\r\n")
+    channel.connectionLost(Failure(ConnectionDone()))
+    assert clock.getDelayedCalls() == [] and not transport.aborted
