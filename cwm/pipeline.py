@@ -29,6 +29,7 @@ from cwm.request import InboundRequest
 
 BUSY_RETRY_AFTER = 1
 FAILED_RETRY_AFTER = 30
+NOT_LOADED_RETRY_AFTER = 5
 
 
 @dataclass(frozen=True)
@@ -104,6 +105,11 @@ class WebhookPipeline:
         problem = webhook_id_problem(webhook_id)
         if problem:
             raise HTTPError(400, problem)
+        if not self._store.loaded:
+            # Not a 404: the webhook may well exist once the source answers.
+            raise HTTPError(
+                503, "Configuration not loaded yet", {"Retry-After": str(NOT_LOADED_RETRY_AFTER)}
+            )
         found = self._store.lookup(namespace or DEFAULT_NAMESPACE, webhook_id)
         if found is None:
             if namespace is None:

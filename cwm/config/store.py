@@ -68,8 +68,33 @@ def _fingerprint(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), default=repr)
 
 
+class InvalidRaw:
+    """A source's value that could not even be read as JSON; the store rejects it with ``reason``."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, InvalidRaw) and other.reason == self.reason
+
+    def __hash__(self) -> int:
+        return hash(self.reason)
+
+
+WebhookKey = tuple[str, str]
+"""(namespace, webhook id)."""
+
+_MISSING = object()
+
+
 class ConfigStore:
-    """Live webhooks by namespace and id, and connections by name."""
+    """Live webhooks by namespace and id, and connections by name.
+
+    Sources hand over raw JSON values: the file source whole documents
+    (``replace_all``), the etcd source single keys (``update``). Only what
+    changed is rebuilt; an unchanged entry keeps its module instance and its
+    rate-limit state.
+    """
 
     _log = Logger()
 
@@ -84,11 +109,19 @@ class ConfigStore:
         self._environ = environ
         self._build = build
         self._known_module = known_module
+        self._raw_webhooks: dict[WebhookKey, Any] = {}
+        self._raw_connections: dict[str, Any] = {}
         self._webhooks: dict[str, dict[str, Webhook]] = {}
         self._connections: dict[str, ConnectionEntry] = {}
         self._connection_prints: dict[str, str] = {}
-        self.rejections: tuple[Rejection, ...] = ()
+        self._rejections: dict[tuple[str, str | None, str], Rejection] = {}
+        self.loaded = False
         self.generation = 0
+
+    @property
+    def rejections(self) -> tuple[Rejection, ...]:
+        """Every entry that is not serving its current version, and why."""
+        return tuple(self._rejections.values())
 
     def lookup(self, namespace: str, webhook_id: str) -> Webhook | None:
         """The serving webhook, or None."""
@@ -107,43 +140,65 @@ class ConfigStore:
         webhooks: Mapping[str, Mapping[str, Any]],
         connections: Mapping[str, Any],
     ) -> tuple[Rejection, ...]:
-        """Make the given raw documents the live configuration.
+        """Make the given raw documents the whole live configuration.
 
         Args:
             webhooks: namespace -> webhook id -> raw JSON entry.
             connections: connection name -> raw JSON entry.
 
         Returns:
-            The entries rejected by this change (also kept in ``rejections``).
+            Every rejected entry (as ``rejections``).
         """
-        rejections: list[Rejection] = []
-        new_connections, connection_prints = self._parse_connections(connections, rejections)
-        context = replace(self._context, connections={n: c.raw for n, c in new_connections.items()})
+        wanted = {
+            (namespace, webhook_id): raw
+            for namespace, entries in webhooks.items()
+            for webhook_id, raw in entries.items()
+        }
+        webhook_changes: dict[WebhookKey, Any] = {
+            key: raw for key, raw in wanted.items() if self._raw_webhooks.get(key, _MISSING) != raw
+        }
+        webhook_changes.update({key: None for key in self._raw_webhooks if key not in wanted})
+        connection_changes: dict[str, Any] = {
+            name: raw
+            for name, raw in connections.items()
+            if self._raw_connections.get(name, _MISSING) != raw
+        }
+        connection_changes.update({name: None for name in self._raw_connections if name not in connections})
+        return self.update(webhook_changes, connection_changes)
 
-        new_webhooks: dict[str, dict[str, Webhook]] = {}
-        for namespace, entries in webhooks.items():
-            built: dict[str, Webhook] = {}
-            for webhook_id, raw in entries.items():
-                webhook = self._build_webhook(
-                    namespace, webhook_id, raw, new_connections, connection_prints, context, rejections
-                )
-                if webhook is not None:
-                    built[webhook_id] = webhook
-            new_webhooks[namespace] = built
+    def update(
+        self,
+        webhooks: Mapping[WebhookKey, Any],
+        connections: Mapping[str, Any] | None = None,
+    ) -> tuple[Rejection, ...]:
+        """Apply changed keys: a raw value puts the entry, None deletes it.
 
-        retired = [
-            old.module
-            for namespace, entries in self._webhooks.items()
-            for webhook_id, old in entries.items()
-            if new_webhooks.get(namespace, {}).get(webhook_id) is not old
-        ]
-        self._webhooks = new_webhooks
-        self._connections = new_connections
-        self._connection_prints = connection_prints
-        self.rejections = tuple(rejections)
+        A webhook that uses a changed connection is rebuilt, and so is every
+        rejected webhook (the connection it lacked may have arrived).
+
+        Returns:
+            Every rejected entry (as ``rejections``).
+        """
+        affected = dict(webhooks)
+        if connections:
+            for name, raw in connections.items():
+                self._apply_connection(name, raw)
+            changed = set(connections)
+            for entries in self._webhooks.values():
+                for webhook in entries.values():
+                    if webhook.entry.connection in changed:
+                        affected.setdefault((webhook.namespace, webhook.webhook_id), _MISSING)
+            for kind, namespace, name in list(self._rejections):
+                if kind == "webhook" and namespace is not None:
+                    affected.setdefault((namespace, name), _MISSING)
+        context = replace(
+            self._context, connections={n: c.raw for n, c in self._connections.items()}
+        )
+        for (namespace, webhook_id), raw in affected.items():
+            if raw is _MISSING:
+                raw = self._raw_webhooks.get((namespace, webhook_id))
+            self._apply_webhook(namespace, webhook_id, raw, context)
         self.generation += 1
-        for module in retired:
-            self._close(module)
         return self.rejections
 
     def close(self) -> Deferred[None]:
@@ -156,40 +211,64 @@ class ConfigStore:
             lambda _: None
         )
 
-    def _parse_connections(
-        self, raw: Mapping[str, Any], rejections: list[Rejection]
-    ) -> tuple[dict[str, ConnectionEntry], dict[str, str]]:
-        parsed: dict[str, ConnectionEntry] = {}
-        prints: dict[str, str] = {}
-        for name, value in raw.items():
-            try:
-                substituted = substitute(value, self._environ, name)
-                parsed[name] = parse_connection_entry(name, substituted)
-                prints[name] = _fingerprint(substituted)
-            except ConfigError as e:
-                previous = self._connections.get(name)
-                if previous is not None:
-                    parsed[name] = previous
-                    prints[name] = self._connection_prints[name]
-                self._reject(rejections, "connection", None, name, str(e), previous is not None)
-        return parsed, prints
+    def _apply_connection(self, name: str, raw: Any) -> None:
+        key = ("connection", None, name)
+        self._rejections.pop(key, None)
+        if raw is None:
+            self._raw_connections.pop(name, None)
+            self._connections.pop(name, None)
+            self._connection_prints.pop(name, None)
+            return
+        self._raw_connections[name] = raw
+        try:
+            if isinstance(raw, InvalidRaw):
+                raise ConfigError(raw.reason)
+            substituted = substitute(raw, self._environ, name)
+            self._connections[name] = parse_connection_entry(name, substituted)
+            self._connection_prints[name] = _fingerprint(substituted)
+        except ConfigError as e:
+            self._reject("connection", None, name, str(e), name in self._connections)
+
+    def _apply_webhook(
+        self, namespace: str, webhook_id: str, raw: Any, context: ModuleContext
+    ) -> None:
+        key = (namespace, webhook_id)
+        self._rejections.pop(("webhook", namespace, webhook_id), None)
+        serving = self._webhooks.setdefault(namespace, {})
+        previous = serving.get(webhook_id)
+        if raw is None:
+            self._raw_webhooks.pop(key, None)
+            if previous is not None:
+                del serving[webhook_id]
+                self._close(previous.module)
+            if not serving:
+                del self._webhooks[namespace]
+            return
+        self._raw_webhooks[key] = raw
+        webhook = self._build_webhook(namespace, webhook_id, raw, previous, context)
+        if webhook is None:
+            if not serving:
+                del self._webhooks[namespace]
+            return
+        serving[webhook_id] = webhook
+        if previous is not None and previous is not webhook:
+            self._close(previous.module)
 
     def _build_webhook(
         self,
         namespace: str,
         webhook_id: str,
         raw: Any,
-        connections: Mapping[str, ConnectionEntry],
-        connection_prints: Mapping[str, str],
+        previous: Webhook | None,
         context: ModuleContext,
-        rejections: list[Rejection],
     ) -> Webhook | None:
-        previous = self.lookup(namespace, webhook_id)
         try:
+            if isinstance(raw, InvalidRaw):
+                raise ConfigError(raw.reason)
             substituted = substitute(raw, self._environ, webhook_id)
-            entry = parse_webhook_entry(webhook_id, substituted, self._known_module, connections)
+            entry = parse_webhook_entry(webhook_id, substituted, self._known_module, self._connections)
             fingerprint = _fingerprint(
-                [substituted, connection_prints.get(entry.connection or "", "")]
+                [substituted, self._connection_prints.get(entry.connection or "", "")]
             )
             if previous is not None and previous.fingerprint == fingerprint:
                 return previous  # unchanged: keep its module and its rate-limit state
@@ -199,7 +278,7 @@ class ConfigStore:
             except ConfigError as e:
                 raise ConfigError(f"module '{entry.module}': {e}") from None
         except ConfigError as e:
-            self._reject(rejections, "webhook", namespace, webhook_id, str(e), previous is not None)
+            self._reject("webhook", namespace, webhook_id, str(e), previous is not None)
             return previous
         for warning in entry.warnings:
             self._log.warn(
@@ -212,14 +291,15 @@ class ConfigStore:
 
     def _reject(
         self,
-        rejections: list[Rejection],
         kind: str,
         namespace: str | None,
         name: str,
         reason: str,
         serving_previous: bool,
     ) -> None:
-        rejections.append(Rejection(kind, namespace, name, reason, serving_previous))
+        self._rejections[(kind, namespace, name)] = Rejection(
+            kind, namespace, name, reason, serving_previous
+        )
         self._log.error(
             "rejected {kind} {name!r}{where}: {reason}{previous}",
             kind=kind,

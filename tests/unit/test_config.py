@@ -21,7 +21,7 @@ from cwm.config.model import (
     webhook_id_problem,
 )
 from cwm.config.secrets import substitute
-from cwm.config.store import ConfigStore
+from cwm.config.store import ConfigStore, InvalidRaw
 from cwm.errors import ConfigError
 from cwm.modules.base import ModuleContext, WebhookEvent
 
@@ -263,6 +263,42 @@ def test_store_connection_change_rebuilds_dependent_webhook() -> None:
     assert {r.name for r in fresh.rejections} == {"c", "a"}
 
 
+def test_store_update_puts_and_deletes_single_keys() -> None:
+    """update() touches only the given keys; None deletes; namespaces come and go."""
+    store, built = make_store()
+    store.update({("ns1", "a"): {"module": "log"}, ("ns2", "b"): {"module": "log"}})
+    a = store.lookup("ns1", "a")
+    store.update({("ns2", "b"): None})
+    assert store.lookup("ns1", "a") is a and store.lookup("ns2", "b") is None
+    assert not store.has_namespace("ns2") and built[1].closed
+
+
+def test_store_update_connection_arrival_rebuilds_rejected_webhook() -> None:
+    """A webhook rejected for a missing connection serves once the connection arrives."""
+    store, _ = make_store()
+    store.update({("ns", "a"): {"module": "log", "connection": "c"}})
+    assert store.lookup("ns", "a") is None
+    store.update({}, {"c": {"type": "redis", "host": "h"}})
+    assert store.lookup("ns", "a") is not None and store.rejections == ()
+    store.update({}, {"c": None})
+    assert store.lookup("ns", "a") is not None  # the last good version keeps serving
+    assert [r.name for r in store.rejections] == ["a"]
+
+
+def test_store_invalid_raw_is_rejected_with_its_reason() -> None:
+    """A value a source could not parse is rejected; an older good version keeps serving."""
+    store, _ = make_store()
+    store.update({("ns", "a"): {"module": "log"}})
+    good = store.lookup("ns", "a")
+    store.update({("ns", "a"): InvalidRaw("value is not valid JSON")})
+    assert store.lookup("ns", "a") is good
+    assert [(r.name, r.reason, r.serving_previous) for r in store.rejections] == [
+        ("a", "value is not valid JSON", True)
+    ]
+    store.update({("ns", "a"): None})
+    assert store.rejections == () and store.lookup("ns", "a") is None
+
+
 # --- file source ------------------------------------------------------------------------------
 
 
@@ -307,8 +343,9 @@ class Files:
 def test_files_load_at_start(tmp_path: Path) -> None:
     """startService loads both files synchronously."""
     files = Files(tmp_path)
+    assert not files.store.loaded
     files.source.startService()
-    assert files.ids() == {"a"}
+    assert files.ids() == {"a"} and files.store.loaded
     files.source.stopService()
     assert files.clock.getDelayedCalls() == [] and files.signal_callbacks == []
 

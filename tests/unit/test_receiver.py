@@ -71,6 +71,7 @@ class Harness:
         )
         self.store = ConfigStore(context, {"TOKEN": "s3cret"}, build=build, known_module=lambda n: n == "rec")
         self.store.replace_all({"default": webhooks, "other": {"there": {"module": "rec"}}}, {})
+        self.store.loaded = True
         self.pipeline = WebhookPipeline(self.store, self.clock, max_in_flight)
         self.receiver = WebhookReceiver(self.pipeline, self.clock, lambda: (True, {"components": {}}))
         self.treq = StubTreq(self.receiver.resource())
@@ -317,3 +318,11 @@ def test_unexpected_error_is_500_json_without_traceback(harness: Harness, logged
     assert b"internal detail" not in body and b"Traceback" not in body
     assert len(logged_failures) == 1
     logged_failures.clear()
+
+
+def test_not_loaded_is_503_not_404(harness: Harness) -> None:
+    """Before a source has loaded the configuration, webhooks get 503 with Retry-After, not 404."""
+    harness.store.loaded = False
+    code, body, headers = harness.post("/webhook/plain")
+    assert (code, body) == (503, {"detail": "Configuration not loaded yet"})
+    assert headers.getRawHeaders("Retry-After") == ["5"]
