@@ -62,16 +62,23 @@ class WebhookPipeline:
 
     _log = Logger()
 
-    def __init__(self, store: ConfigStore, clock: IReactorTime, max_in_flight: int) -> None:
+    def __init__(
+        self,
+        store: ConfigStore,
+        clock: IReactorTime,
+        max_in_flight: int,
+        default_namespace: str = DEFAULT_NAMESPACE,
+    ) -> None:
         self._store = store
         self._clock = clock
         self._max_in_flight = max_in_flight
+        self._default_namespace = default_namespace
         self.in_flight = 0
 
     async def handle(self, namespace: str | None, webhook_id: str, request: InboundRequest) -> Answer:
         """Process one request; raise HTTPError for every answer but 200 and 202."""
         request_id = uuid.uuid4().hex
-        where = f"{namespace or DEFAULT_NAMESPACE}/{webhook_id}"
+        where = f"{namespace or self._default_namespace}/{webhook_id}"
         try:
             webhook = self._find(namespace, webhook_id)
             client_ip = webhook.checks.client_ip(request)
@@ -110,7 +117,7 @@ class WebhookPipeline:
             raise HTTPError(
                 503, "Configuration not loaded yet", {"Retry-After": str(NOT_LOADED_RETRY_AFTER)}
             )
-        found = self._store.lookup(namespace or DEFAULT_NAMESPACE, webhook_id)
+        found = self._store.lookup(namespace or self._default_namespace, webhook_id)
         if found is None:
             if namespace is None:
                 raise HTTPError(404, "Webhook ID not found")
