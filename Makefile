@@ -3,17 +3,25 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+PROTOS := $(wildcard protos/cwm/etcd/etcdrpc/*.proto)
 
-.PHONY: run test install unit integration typecheck bench clean
+.PHONY: run test install protos unit integration typecheck bench clean
 
-$(STAMP): setup.py
+# The editable install's build_py already compiles protos/ in place; the explicit
+# protos/generate.py run makes sure of it whatever pip and setuptools decide.
+$(STAMP): setup.py pyproject.toml protos/generate.py $(PROTOS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[test]' --config-settings editable_mode=compat
+	$(BIN)/python protos/generate.py
 	$(BIN)/python -c "from twisted.plugin import IPlugin, getPlugins; list(getPlugins(IPlugin))"
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# Regenerate cwm/etcd/etcdrpc/ after editing protos/ (make install does it too).
+protos: $(STAMP)
+	$(BIN)/python protos/generate.py
 
 run: $(STAMP)
 	mkdir -p data
@@ -38,3 +46,4 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) build *.egg-info
+	find cwm/etcd/etcdrpc -name '*_pb2*' -delete

@@ -60,6 +60,71 @@ def _sighup_installer(reactor: Any) -> Callable[[Callable[[], None]], Callable[[
     return install
 
 
+StatusParts = Callable[[], tuple[dict[str, Any], dict[str, Any]]]
+"""(components, config) for /health, from the configuration source."""
+
+
+def _file_source(
+    settings: Settings,
+    store: ConfigStore,
+    reactor: Any,
+    parent: MultiService,
+    install_reload_signal: Callable[[Callable[[], None]], Callable[[], None]] | None,
+) -> StatusParts:
+    source = FileConfigSource(
+        store,
+        settings.webhooks_file,
+        settings.connections_file,
+        reactor,
+        watching=settings.file_watching,
+        debounce=settings.reload_debounce,
+        install_reload_signal=install_reload_signal,
+    )
+    source.setServiceParent(parent)
+
+    def status() -> tuple[dict[str, Any], dict[str, Any]]:
+        components = {
+            "config_manager": "degraded" if source.errors else "healthy",
+            "config_backend": "file",
+        }
+        return components, {"errors": source.errors, "last_reload": source.last_reload}
+
+    return status
+
+
+def _etcd_source(settings: Settings, store: ConfigStore, reactor: Any, parent: MultiService) -> StatusParts:
+    from cwm.config.etcd import EtcdConfigSource
+    from cwm.etcd import client as etcd_client
+    from cwm.etcd.instances import InstanceRegistration, instance_record
+    from cwm.etcd.mirror import PrefixMirror
+    from cwm.etcd.watch import PrefixWatch
+
+    etcd = settings.etcd
+    assert etcd is not None
+    options = etcd_client.options_from_settings(etcd)
+
+    def new_client() -> etcd_client.EtcdClient:
+        return etcd_client.EtcdClient(options)
+
+    mirror = PrefixMirror()
+    source = EtcdConfigSource(store, mirror, etcd.prefix)
+    PrefixWatch(new_client, etcd_client, etcd.prefix.encode(), mirror, reactor).setServiceParent(parent)
+    registration = InstanceRegistration(
+        new_client, reactor, etcd.prefix, instance_record(settings.listen, reactor.seconds())
+    )
+    registration.setServiceParent(parent)
+
+    def status() -> tuple[dict[str, Any], dict[str, Any]]:
+        components = {
+            "config_manager": "healthy" if store.loaded else "not_configured",
+            "config_backend": "etcd",
+            "etcd": source.health,
+        }
+        return components, {"etcd": dict(source.status()), "instance_id": registration.instance_id}
+
+    return status
+
+
 def build_receiver(
     settings: Settings,
     reactor: Any,
@@ -78,40 +143,32 @@ def build_receiver(
         working_dir=settings.working_dir,
     )
     store = ConfigStore(context, environ)
-    source = FileConfigSource(
-        store,
-        settings.webhooks_file,
-        settings.connections_file,
-        reactor,
-        watching=settings.file_watching,
-        debounce=settings.reload_debounce,
-        install_reload_signal=install_reload_signal,
+    top = MultiService()
+    # Started in this order, stopped in reverse: the listener stops first,
+    # then the configuration source, then every module closes.
+    _StoreService(store, pools).setServiceParent(top)
+    if settings.etcd is not None:
+        source_status = _etcd_source(settings, store, reactor, top)
+    else:
+        source_status = _file_source(settings, store, reactor, top, install_reload_signal)
+    pipeline = WebhookPipeline(
+        store, reactor, settings.max_concurrent_tasks, settings.default_namespace
     )
-    pipeline = WebhookPipeline(store, reactor, settings.max_concurrent_tasks)
 
     def health() -> tuple[bool, Mapping[str, Any]]:
         webhooks, connections = store.counts()
-        return True, {
-            "components": {
-                "config_manager": "degraded" if source.errors else "healthy",
-                "config_backend": settings.config_backend,
-            },
-            "config": {
+        components, config = source_status()
+        config.update(
+            {
                 "webhooks": webhooks,
                 "connections": connections,
                 "rejected": [r.as_json() for r in store.rejections],
-                "errors": source.errors,
-                "last_reload": source.last_reload,
-            },
-        }
+            }
+        )
+        return True, {"components": components, "config": config}
 
     receiver = WebhookReceiver(pipeline, reactor, health)
     site = LimitedSite(receiver.resource(), settings.max_body_bytes, reactor)
-    top = MultiService()
-    # Started in this order, stopped in reverse: the listener stops first,
-    # then the watcher, then every module closes.
-    _StoreService(store, pools).setServiceParent(top)
-    source.setServiceParent(top)
     StreamServerEndpointService(serverFromString(reactor, settings.listen), site).setServiceParent(top)
     return top, receiver, site
 

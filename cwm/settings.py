@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NoReturn, TypeVar
 
 from twisted.internet.endpoints import serverFromString
@@ -29,6 +29,32 @@ _FALSE = ("0", "false", "no", "off", "")
 
 
 @dataclass(frozen=True)
+class EtcdSettings:
+    """Where and how to reach etcd (``CONFIG_BACKEND=etcd``).
+
+    Attributes:
+        endpoints: ``(host, port)`` pairs, tried in order (``ETCD_ENDPOINTS``,
+            else ``ETCD_HOST``/``ETCD_PORT``).
+        prefix: Key prefix, always starting and ending with one ``/``.
+        namespace: The namespace of ``POST /webhook/{id}``.
+        username: With ``password``, etcd authentication.
+        password: The etcd password (never logged).
+        ca_cert: CA bundle path; TLS when set (or when a client cert is set).
+        cert: Client certificate path (with ``key``).
+        key: Client key path (with ``cert``).
+    """
+
+    endpoints: tuple[tuple[str, int], ...]
+    prefix: str
+    namespace: str
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    ca_cert: str | None = None
+    cert: str | None = None
+    key: str | None = None
+
+
+@dataclass(frozen=True)
 class Settings:
     """The receiver's settings after parsing and validation.
 
@@ -44,6 +70,7 @@ class Settings:
         max_concurrent_tasks: Most module deliveries in flight at once; past it
             the sender gets 503 with Retry-After instead of waiting.
         working_dir: Directory relative paths are resolved against.
+        etcd: The etcd settings when the backend is etcd, else None.
     """
 
     listen: str
@@ -55,6 +82,12 @@ class Settings:
     max_body_bytes: int
     max_concurrent_tasks: int
     working_dir: FilePath
+    etcd: EtcdSettings | None = None
+
+    @property
+    def default_namespace(self) -> str:
+        """The namespace ``POST /webhook/{id}`` uses."""
+        return self.etcd.namespace if self.etcd is not None else "default"
 
 
 def _boolean(text: str) -> bool:
@@ -165,11 +198,8 @@ def parse_settings(
 
     listen = source.get("listen", None, _endpoint, "") or _endpoint(_default_listen(source))
     backend = source.get("config-backend", "CONFIG_BACKEND", _choice(*CONFIG_BACKENDS), "file")
-    if backend != "file":
-        raise ConfigError(
-            f"invalid CONFIG_BACKEND={backend!r}: the etcd backend is not part of this build yet"
-        )
     return Settings(
+        etcd=_etcd_settings(source, cwd) if backend == "etcd" else None,
         listen=listen,
         webhooks_file=source.get("webhooks", "WEBHOOKS_CONFIG_FILE", path, path("webhooks.json")),
         connections_file=source.get(
@@ -185,6 +215,72 @@ def parse_settings(
         ),
         max_concurrent_tasks=source.get(None, "MAX_CONCURRENT_TASKS", _integer(1, 100_000), 100),
         working_dir=working_dir,
+    )
+
+
+def _host_port(text: str) -> tuple[str, int]:
+    host, sep, port = text.strip().rpartition(":")
+    if not sep or not host:
+        raise ValueError("expected host:port")
+    host = host.strip("[]")
+    return host, _integer(1, 65535)(port)
+
+
+def _endpoints(text: str) -> tuple[tuple[str, int], ...]:
+    parts = [p for p in text.split(",") if p.strip()]
+    if not parts:
+        raise ValueError("expected host:port[,host:port...]")
+    return tuple(_host_port(p) for p in parts)
+
+
+def _prefix(text: str) -> str:
+    cleaned = text.strip().strip("/")
+    if not cleaned or "//" in cleaned:
+        raise ValueError("expected a key prefix such as /cwm/")
+    return f"/{cleaned}/"
+
+
+def _namespace(text: str) -> str:
+    from cwm.config.model import namespace_problem
+
+    problem = namespace_problem(text)
+    if problem:
+        raise ValueError(problem)
+    return text
+
+
+def _readable_file(cwd: str) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        path = os.path.join(cwd, os.path.expanduser(text.strip()))
+        if not os.path.isfile(path):
+            raise ValueError("no such file")
+        return path
+
+    return parse
+
+
+def _etcd_settings(source: _Source, cwd: str) -> EtcdSettings:
+    host = source.get(None, "ETCD_HOST", str.strip, "localhost") or "localhost"
+    port = source.get(None, "ETCD_PORT", _integer(1, 65535), 2379)
+    single: tuple[tuple[str, int], ...] = ((host, port),)
+    endpoints = source.get(None, "ETCD_ENDPOINTS", _endpoints, single)
+    username = source.get(None, "ETCD_USERNAME", str, "") or None
+    password = source.get(None, "ETCD_PASSWORD", str, "") or None
+    if (username is None) != (password is None):
+        raise ConfigError("invalid etcd credentials: set both ETCD_USERNAME and ETCD_PASSWORD, or neither")
+    cert = source.get(None, "ETCD_CERT", _readable_file(cwd), "") or None
+    key = source.get(None, "ETCD_KEY", _readable_file(cwd), "") or None
+    if (cert is None) != (key is None):
+        raise ConfigError("invalid etcd TLS settings: set both ETCD_CERT and ETCD_KEY, or neither")
+    return EtcdSettings(
+        endpoints=endpoints,
+        prefix=source.get(None, "ETCD_PREFIX", _prefix, "/cwm/"),
+        namespace=source.get(None, "ETCD_NAMESPACE", _namespace, "default"),
+        username=username,
+        password=password,
+        ca_cert=source.get(None, "ETCD_CA_CERT", _readable_file(cwd), "") or None,
+        cert=cert,
+        key=key,
     )
 
 

@@ -23,6 +23,7 @@ from cwm.etcd.mirror import DELETE, STALE, STARTING, SYNCED, Change, PrefixMirro
 GLOBAL = "global"
 WEBHOOKS = "webhooks"
 CONNECTIONS = "connections"
+INSTANCES = "instances"
 
 # What /health shows for the mirror's state.
 HEALTH = {STARTING: "connecting", SYNCED: "healthy", STALE: "disconnected"}
@@ -38,6 +39,7 @@ class EtcdConfigSource:
         self._mirror = mirror
         self._prefix = prefix.encode("utf-8")
         self.skipped: dict[str, str] = {}
+        self.instances: dict[str, Any] = {}
         mirror.subscribe(self._apply)
 
     @property
@@ -52,6 +54,7 @@ class EtcdConfigSource:
             "revision": self._mirror.revision,
             "reason": self._mirror.reason,
             "skipped_keys": [{"key": k, "reason": r} for k, r in sorted(self.skipped.items())],
+            "instances": [self.instances[i] for i in sorted(self.instances)],
         }
 
     def _apply(self, changes: Sequence[Change], snapshot: bool) -> None:
@@ -63,7 +66,12 @@ class EtcdConfigSource:
                 continue
             kind, namespace, name = target
             value = None if change.kind == DELETE else self._parse(change.value)
-            if kind == WEBHOOKS:
+            if kind == INSTANCES:
+                if value is None or isinstance(value, InvalidRaw):
+                    self.instances.pop(name, None)
+                else:
+                    self.instances[name] = value
+            elif kind == WEBHOOKS:
                 webhooks[(namespace, name)] = value
             else:
                 connections[name] = value
@@ -94,8 +102,8 @@ class EtcdConfigSource:
         if len(parts) != 3:
             return None
         namespace, kind, name = parts
-        if namespace == GLOBAL and kind == CONNECTIONS and name:
-            return CONNECTIONS, GLOBAL, name
+        if namespace == GLOBAL and kind in (CONNECTIONS, INSTANCES) and name:
+            return kind, GLOBAL, name
         if kind != WEBHOOKS or not name:
             return None
         problem = namespace_problem(namespace)

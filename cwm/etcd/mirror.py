@@ -57,6 +57,7 @@ class PrefixMirror:
         self.snapshots = 0
         self._subscribers: list[Subscriber] = []
         self._revision_waiters: list[tuple[int, Deferred[int]]] = []
+        self._waiters: list[tuple[Callable[[PrefixMirror], bool], Deferred[None]]] = []
 
     def subscribe(self, subscriber: Subscriber) -> None:
         """Call ``subscriber`` with every future change set."""
@@ -123,6 +124,15 @@ class PrefixMirror:
         self._revision_waiters.append((revision, d))
         return d
 
+    def when(self, predicate: Callable[[PrefixMirror], bool]) -> Deferred[None]:
+        """Fires once ``predicate(self)`` holds, checked after every change of state or data."""
+        d: Deferred[None] = Deferred()
+        if predicate(self):
+            d.callback(None)
+        else:
+            self._waiters.append((predicate, d))
+        return d
+
     def _set_state(self, state: str, reason: str) -> None:
         if state != self.state:
             self._log.info(
@@ -133,6 +143,7 @@ class PrefixMirror:
             )
         self.state = state
         self.reason = reason
+        self._wake()
 
     def _publish(self, changes: Sequence[Change], snapshot: bool) -> None:
         for subscriber in list(self._subscribers):
@@ -143,6 +154,20 @@ class PrefixMirror:
         self._wake()
 
     def _wake(self) -> None:
+        self._wake_predicates()
+        self._wake_revisions()
+
+    def _wake_predicates(self) -> None:
+        if self._waiters:
+            pending = self._waiters
+            self._waiters = []
+            for predicate, waiter in pending:
+                if predicate(self):
+                    waiter.callback(None)
+                else:
+                    self._waiters.append((predicate, waiter))
+
+    def _wake_revisions(self) -> None:
         ready = [(r, d) for r, d in self._revision_waiters if self.revision >= r]
         if ready:
             self._revision_waiters = [(r, d) for r, d in self._revision_waiters if self.revision < r]

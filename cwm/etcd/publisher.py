@@ -129,12 +129,13 @@ class LeasedPublisher(Service):
 
     def thd_put(self, key: bytes, value: bytes) -> int:
         """Put one key, on the lease when there is a TTL (granting one if needed)."""
+        # Remembered first: if this put fails, the lease keep-alive puts it
+        # again once etcd answers.
+        self._published[key] = value
         client = self.thd_client()
         if self.ttl and not self.lease_id:
             self.lease_id, _ = client.lease_grant(self.ttl)
-        revision = client.put(key, value, self.lease_id)
-        self._published[key] = value
-        return revision
+        return client.put(key, value, self.lease_id)
 
     def thd_keepalive(self) -> None:
         """Renew the lease; if etcd lost it, take a new one and put every key again."""

@@ -51,8 +51,11 @@ class WatchClient(Protocol):
 class WatchErrors(Protocol):
     """The error classes of cwm.etcd.client, injected to keep this module testable."""
 
-    Compacted: type[Exception]
-    AuthExpired: type[Exception]
+    @property
+    def Compacted(self) -> type[Exception]: ...  # noqa: N802 (a class, by name)
+
+    @property
+    def AuthExpired(self) -> type[Exception]: ...  # noqa: N802
 
     def classify(self, error: BaseException) -> Exception: ...
 

@@ -71,7 +71,12 @@ def test_cli_beats_env() -> None:
         ({"config-backend": "zk"}, {}, "invalid --config-backend='zk': expected one of file, etcd"),
         ({"listen": "bogus:1"}, {}, "invalid --listen='bogus:1': not a server endpoint description"),
         ({}, {"WEBHOOKS_CONFIG_FILE": " "}, "invalid WEBHOOKS_CONFIG_FILE=' ': expected a file path"),
-        ({}, {"CONFIG_BACKEND": "etcd"}, "invalid CONFIG_BACKEND='etcd': the etcd backend is not part of this build yet"),
+        ({}, {"CONFIG_BACKEND": "etcd", "ETCD_PORT": "x"}, "invalid ETCD_PORT='x': expected a whole number"),
+        ({}, {"CONFIG_BACKEND": "etcd", "ETCD_ENDPOINTS": "a:1,b"}, "invalid ETCD_ENDPOINTS='a:1,b': expected host:port"),
+        ({}, {"CONFIG_BACKEND": "etcd", "ETCD_PREFIX": "/"}, "invalid ETCD_PREFIX='/': expected a key prefix"),
+        ({}, {"CONFIG_BACKEND": "etcd", "ETCD_NAMESPACE": "a.b"}, "invalid ETCD_NAMESPACE='a.b': Invalid namespace format"),
+        ({}, {"CONFIG_BACKEND": "etcd", "ETCD_USERNAME": "u"}, "invalid etcd credentials: set both ETCD_USERNAME and ETCD_PASSWORD"),
+        ({}, {"CONFIG_BACKEND": "etcd", "ETCD_CA_CERT": "/nonexistent/ca.pem"}, "invalid ETCD_CA_CERT='/nonexistent/ca.pem': no such file"),
     ],
 )
 def test_invalid_values_name_the_variable_and_value(cli: dict[str, str], env: dict[str, str], message: str) -> None:
@@ -80,3 +85,30 @@ def test_invalid_values_name_the_variable_and_value(cli: dict[str, str], env: di
         parse_settings(cli, env, "/")
     assert str(e.value).startswith(message)
     assert "\n" not in str(e.value)
+
+
+def test_etcd_settings_defaults_and_overrides() -> None:
+    """The etcd backend reads upstream's ETCD_* variables, plus ETCD_ENDPOINTS for a cluster."""
+    s = parse_settings({"config-backend": "etcd"}, {}, "/")
+    assert s.etcd is not None
+    assert (s.etcd.endpoints, s.etcd.prefix, s.etcd.namespace) == ((("localhost", 2379),), "/cwm/", "default")
+    assert s.default_namespace == "default"
+    s = parse_settings(
+        NO_CLI,
+        {
+            "CONFIG_BACKEND": "etcd",
+            "ETCD_HOST": "etcd",
+            "ETCD_PORT": "2380",
+            "ETCD_PREFIX": "config",
+            "ETCD_NAMESPACE": "staging",
+            "ETCD_USERNAME": "app",
+            "ETCD_PASSWORD": "pw",
+        },
+        "/",
+    )
+    assert s.etcd is not None
+    assert (s.etcd.endpoints, s.etcd.prefix, s.default_namespace) == ((("etcd", 2380),), "/config/", "staging")
+    assert "pw" not in repr(s.etcd)
+    s = parse_settings(NO_CLI, {"CONFIG_BACKEND": "etcd", "ETCD_ENDPOINTS": "a:1, b:2,[::1]:3"}, "/")
+    assert s.etcd is not None and s.etcd.endpoints == (("a", 1), ("b", 2), ("::1", 3))
+    assert parse_settings(NO_CLI, {}, "/").etcd is None
