@@ -191,3 +191,24 @@ def test_instances_register_and_vanish_on_sigterm(
     finally:
         first.stop()
         second.stop()
+
+
+def test_instance_registers_again_after_losing_its_lease(
+    tmp_path: Path, etcd: EtcdServer, etcd_prefix: str, client: EtcdClient
+) -> None:
+    """If the instance's lease is lost (revoked here, as an outage would expire it), it registers anew."""
+    process = start_cwm(tmp_path, etcd.address, etcd_prefix)
+    try:
+        instance = health(process)["config"]["instance_id"]
+        key = f"{etcd_prefix}global/instances/{instance}".encode()
+        wait_for(process, lambda h: [i["id"] for i in h["config"]["etcd"]["instances"]] == [instance])
+        registered = client.range_key(key)
+        assert registered is not None and registered.lease
+        client.lease_revoke(registered.lease)
+        wait_for(process, lambda h: h["config"]["etcd"]["instances"] == [], timeout=5)
+        # The keep-alive runs every TTL/3 (5 s): the instance is back within it.
+        wait_for(process, lambda h: [i["id"] for i in h["config"]["etcd"]["instances"]] == [instance], timeout=10)
+        again = client.range_key(key)
+        assert again is not None and again.lease and again.lease != registered.lease
+    finally:
+        process.stop()
