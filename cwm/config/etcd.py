@@ -78,7 +78,7 @@ class EtcdConfigSource:
         if webhooks or connections:
             self._store.update(webhooks, connections)
         if snapshot and not self._store.loaded:
-            self._store.loaded = True
+            self._store.mark_loaded()
             serving, valid = self._store.counts()
             self._log.info(
                 "configuration loaded from etcd at revision {revision}: {webhooks} webhooks, "

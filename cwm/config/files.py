@@ -171,7 +171,7 @@ class FileConfigSource(Service):
         self._store.replace_all(
             {DEFAULT_NAMESPACE: webhooks.document or {}}, connections.document or {}
         )
-        self._store.loaded = True
+        self._store.mark_loaded()
         self.last_reload = self._clock.seconds()
         self.reloads += 1
         serving, valid_connections = self._store.counts()

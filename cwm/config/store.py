@@ -8,6 +8,7 @@ result in one assignment so a request never sees a half-applied change.
 
 from __future__ import annotations
 
+import gc
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
@@ -117,6 +118,17 @@ class ConfigStore:
         self._rejections: dict[tuple[str, str | None, str], Rejection] = {}
         self.loaded = False
         self.generation = 0
+
+    def mark_loaded(self) -> None:
+        """The source delivered its first complete configuration.
+
+        The objects built so far live as long as their entries, so they are
+        moved out of the garbage collector's reach: with 25,000 webhooks a
+        full collection would otherwise pause the reactor for about 200 ms.
+        """
+        if not self.loaded:
+            self.loaded = True
+            gc.freeze()
 
     @property
     def rejections(self) -> tuple[Rejection, ...]:
