@@ -76,7 +76,7 @@ class EtcdOptions:
     username: str | None = None
     password: str | None = field(default=None, repr=False)
     timeout: float = 5.0
-    keepalive_time_ms: int = 10000
+    keepalive_time_ms: int = 5000
     keepalive_timeout_ms: int = 5000
     ping_timeout_ms: int = 5000
     max_receive_bytes: int = 64 * MIB

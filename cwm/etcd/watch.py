@@ -124,8 +124,13 @@ class PrefixWatch(Service):
         self._stopping.set()
         with self._lock:
             stream, self._stream = self._stream, None
+            client = self._client
         if stream is not None:
             stream.close()
+        if client is not None:
+            # The thread may be in a unary call (snapshot, status, authenticate)
+            # that would block until its deadline; closing the channel ends it now.
+            client.close()
         stopped = self._stopped
         if stopped is None or stopped.called:
             return Deferred.fromCoroutine(_nothing())
@@ -145,6 +150,8 @@ class PrefixWatch(Service):
                 try:
                     self._thd_step()
                 except _Restart as restart:
+                    if self._stopping.is_set():
+                        break
                     if restart.step == "auth" and self._auth_restarts > 0:
                         # Refused again right after authenticating: a real
                         # permission problem, not an expired token. Pace it.
@@ -192,6 +199,9 @@ class PrefixWatch(Service):
             client = self._client_factory()
             with self._lock:
                 self._client = client
+            if self._stopping.is_set():
+                # stopService may have looked for a client before this one existed.
+                client.close()
         return client
 
     def _thd_snapshot(self, client: WatchClient) -> None:
@@ -278,7 +288,8 @@ class PrefixWatch(Service):
 
     def _thd_backoff(self, reason: str) -> None:
         delay = self._backoff.failed(self._monotonic())
-        self._reactor.callFromThread(self.mirror.set_state, STALE if self.mirror.snapshots else STARTING, reason)
+        # self._last, not mirror.snapshots: the mirror belongs to the reactor thread.
+        self._reactor.callFromThread(self.mirror.set_state, STALE if self._last else STARTING, reason)
         self._reactor.callFromThread(
             self._log.warn,
             "etcd watch of {prefix} interrupted: {reason}; retrying in {delay:.2f} s",

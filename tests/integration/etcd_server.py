@@ -280,6 +280,22 @@ class EtcdServer:
         """SIGSTOP: the member freezes, connections stay open (a hung peer)."""
         assert self.process is not None
         self.process.send_signal(signal.SIGSTOP)
+        # kill() only queues the signal: wait (bounded) until the kernel shows
+        # every thread stopped, or a request sent right away may still be served.
+        deadline = time.monotonic() + 5.0
+        while not self._all_threads_stopped():
+            if time.monotonic() > deadline:
+                raise RuntimeError("etcd did not stop after SIGSTOP")
+            time.sleep(0.001)
+
+    def _all_threads_stopped(self) -> bool:
+        assert self.process is not None
+        tasks = Path(f"/proc/{self.process.pid}/task")
+        try:
+            states = [(task / "stat").read_text().rsplit(")", 1)[1].split()[0] for task in tasks.iterdir()]
+        except (OSError, IndexError):
+            return False
+        return bool(states) and all(state in ("T", "t") for state in states)
 
     def resume(self) -> None:
         """SIGCONT after :meth:`pause`."""

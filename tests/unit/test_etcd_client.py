@@ -131,7 +131,7 @@ def test_channel_options_are_the_recommended_ones() -> None:
     """etcd-watch.md §5.2, option by option."""
     options = dict(EtcdOptions(endpoints=(("127.0.0.1", 2379),)).channel_options())
     assert options == {
-        "grpc.keepalive_time_ms": 10000,
+        "grpc.keepalive_time_ms": 5000,
         "grpc.keepalive_timeout_ms": 5000,
         "grpc.http2.ping_timeout_ms": 5000,
         "grpc.keepalive_permit_without_calls": 0,
