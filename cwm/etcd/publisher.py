@@ -112,12 +112,7 @@ class LeasedPublisher(Service):
                 else:
                     self._reactor.callFromThread(done.callback, revision)
         finally:
-            if self._client is not None:
-                try:
-                    self._client.close()
-                except Exception:
-                    pass
-                self._client = None
+            self._drop_client()
             stopped = self._stopped
             if stopped is not None:
                 self._reactor.callFromThread(_fire, stopped)

@@ -165,13 +165,7 @@ class PrefixWatch(Service):
                         break
                     self._thd_backoff(self._thd_describe(error))
         finally:
-            with self._lock:
-                client, self._client = self._client, None
-            if client is not None:
-                try:
-                    client.close()
-                except Exception:
-                    pass
+            self._thd_drop_client()
             self._reactor.callFromThread(self._thread_done)
 
     def _thread_done(self) -> None:
@@ -286,6 +280,12 @@ class PrefixWatch(Service):
         except Exception:
             return f"{type(error).__name__}: {error}"
 
+    def _thd_drop_client(self) -> None:
+        with self._lock:
+            client, self._client = self._client, None
+        if client is not None:
+            _close_quietly(client)
+
     def _thd_backoff(self, reason: str) -> None:
         delay = self._backoff.failed(self._monotonic())
         # self._last, not mirror.snapshots: the mirror belongs to the reactor thread.
@@ -298,15 +298,17 @@ class PrefixWatch(Service):
             delay=delay,
         )
         # A new client after a failure: the next endpoint, a fresh channel.
-        with self._lock:
-            client, self._client = self._client, None
-        if client is not None:
-            try:
-                client.close()
-            except Exception:
-                pass
+        self._thd_drop_client()
         self._step = "snapshot" if self._last == 0 else "watch"
         self._stopping.wait(delay)
+
+
+def _close_quietly(client: Any) -> None:
+    """Close a client that is being given up on; its own errors no longer matter."""
+    try:
+        client.close()
+    except Exception:
+        pass
 
 
 def _change(event: Any) -> Change:
