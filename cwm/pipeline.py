@@ -30,6 +30,7 @@ from cwm.request import InboundRequest
 BUSY_RETRY_AFTER = 1
 FAILED_RETRY_AFTER = 30
 NOT_LOADED_RETRY_AFTER = 5
+SECRET_RETRY_AFTER = 5
 
 
 @dataclass(frozen=True)
@@ -119,6 +120,11 @@ class WebhookPipeline:
             )
         found = self._store.lookup(namespace or self._default_namespace, webhook_id)
         if found is None:
+            if self._store.held_back(namespace or self._default_namespace, webhook_id):
+                # Its secret cannot be read now; the reason is in /health, not here.
+                raise HTTPError(
+                    503, "Secret unavailable", {"Retry-After": str(SECRET_RETRY_AFTER)}
+                )
             if namespace is None:
                 raise HTTPError(404, "Webhook ID not found")
             raise HTTPError(404, f"Webhook ID not found in namespace '{namespace}'")

@@ -46,6 +46,40 @@ class _StoreService(Service):
         return self._store.close().addCallback(close_pools)
 
 
+class _VaultService(Service):
+    """Keeps the Vault token alive while running; on stop, cancels every read and timer."""
+
+    def __init__(self, client: Any, resolver: Any, pool: HTTPConnectionPool) -> None:
+        self._client = client
+        self._resolver = resolver
+        self._pool = pool
+
+    def startService(self) -> None:
+        super().startService()
+        self._client.start()
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        self._resolver.stop()
+        self._client.stop()
+        closed: Deferred[None] = self._pool.closeCachedConnections()
+        return closed
+
+
+def _secrets(settings: Settings, reactor: Any, parent: MultiService) -> Any:
+    """The Vault reader and the table of fields in use, or None when Vault is off."""
+    if settings.vault is None:
+        return None
+    from cwm.config.resolver import SecretResolver
+    from cwm.config.vault import VaultClient, vault_http_client
+
+    http, pool = vault_http_client(reactor, settings.vault)
+    client = VaultClient(settings.vault, http, reactor)
+    resolver = SecretResolver(client, reactor, ttl=settings.vault.cache_ttl)
+    _VaultService(client, resolver, pool).setServiceParent(parent)
+    return resolver
+
+
 def _sighup_installer(reactor: Any) -> Callable[[Callable[[], None]], Callable[[], None]]:
     def install(callback: Callable[[], None]) -> Callable[[], None]:
         previous = signal.signal(
@@ -84,7 +118,9 @@ def _file_source(
 
     def status() -> tuple[dict[str, Any], dict[str, Any]]:
         components = {
-            "config_manager": "degraded" if source.errors else "healthy",
+            "config_manager": (
+                "not_configured" if not store.loaded else "degraded" if source.errors else "healthy"
+            ),
             "config_backend": "file",
         }
         return components, {"errors": source.errors, "last_reload": source.last_reload}
@@ -142,10 +178,11 @@ def build_receiver(
         http_unguarded=unguarded,
         working_dir=settings.working_dir,
     )
-    store = ConfigStore(context, environ)
     top = MultiService()
     # Started in this order, stopped in reverse: the listener stops first,
-    # then the configuration source, then every module closes.
+    # then the configuration source, then every module closes, then Vault.
+    secrets = _secrets(settings, reactor, top)
+    store = ConfigStore(context, environ, secrets=secrets)
     _StoreService(store, pools).setServiceParent(top)
     if settings.etcd is not None:
         source_status = _etcd_source(settings, store, reactor, top)
@@ -163,8 +200,12 @@ def build_receiver(
                 "webhooks": webhooks,
                 "connections": connections,
                 "rejected": [r.as_json() for r in store.rejections],
+                "secrets_unavailable": [u.as_json() for u in store.unavailable],
             }
         )
+        if secrets is not None:
+            components["vault"] = "degraded" if secrets.status()["unavailable"] else "healthy"
+            config["vault"] = secrets.status()
         return True, {"components": components, "config": config}
 
     receiver = WebhookReceiver(pipeline, reactor, health)

@@ -12,12 +12,14 @@ import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import NoReturn, TypeVar
+from urllib.parse import urlsplit
 
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.testing import MemoryReactor
 from twisted.python import usage
 from twisted.python.filepath import FilePath
 
+from cwm.config.vault import VaultSettings
 from cwm.errors import ConfigError
 
 T = TypeVar("T")
@@ -71,6 +73,7 @@ class Settings:
             the sender gets 503 with Retry-After instead of waiting.
         working_dir: Directory relative paths are resolved against.
         etcd: The etcd settings when the backend is etcd, else None.
+        vault: The Vault settings when Vault references are enabled, else None.
     """
 
     listen: str
@@ -83,6 +86,7 @@ class Settings:
     max_concurrent_tasks: int
     working_dir: FilePath
     etcd: EtcdSettings | None = None
+    vault: VaultSettings | None = None
 
     @property
     def default_namespace(self) -> str:
@@ -200,6 +204,7 @@ def parse_settings(
     backend = source.get("config-backend", "CONFIG_BACKEND", _choice(*CONFIG_BACKENDS), "file")
     return Settings(
         etcd=_etcd_settings(source, cwd) if backend == "etcd" else None,
+        vault=_vault_settings(source, cwd) if _vault_enabled(source) else None,
         listen=listen,
         webhooks_file=source.get("webhooks", "WEBHOOKS_CONFIG_FILE", path, path("webhooks.json")),
         connections_file=source.get(
@@ -281,6 +286,84 @@ def _etcd_settings(source: _Source, cwd: str) -> EtcdSettings:
         ca_cert=source.get(None, "ETCD_CA_CERT", _readable_file(cwd), "") or None,
         cert=cert,
         key=key,
+    )
+
+
+def _vault_enabled(source: _Source) -> bool:
+    backend = source.get(None, "SECRETS_BACKEND", _choice("env", "environment", "vault"), "env")
+    return backend == "vault" or source.get(None, "VAULT_ENABLED", _boolean, False)
+
+
+def _clamped(minimum: float, maximum: float) -> Callable[[str], float]:
+    """A number, brought into [minimum, maximum] as upstream does."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise ValueError("expected a number of seconds") from None
+        if value != value:
+            raise ValueError("expected a number of seconds")
+        return min(maximum, max(minimum, value))
+
+    return parse
+
+
+def _vault_url(text: str) -> str:
+    url = text.strip().rstrip("/")
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("expected an http:// or https:// URL")
+    return url
+
+
+def _verify(cwd: str) -> Callable[[str], bool | str]:
+    def parse(text: str) -> bool | str:
+        lowered = text.strip().lower()
+        if lowered in _TRUE or not lowered:
+            return True
+        if lowered in _FALSE:
+            return False
+        return _readable_file(cwd)(text)
+
+    return parse
+
+
+_VERIFY_DEFAULT: bool | str = True
+
+
+def _mount(text: str) -> str:
+    cleaned = text.strip().strip("/")
+    if not cleaned or not all(
+        part and all(c.isalnum() or c in "_.-" for c in part) for part in cleaned.split("/")
+    ):
+        raise ValueError("expected a mount path such as secret or kv/app")
+    return cleaned
+
+
+def _vault_settings(source: _Source, cwd: str) -> VaultSettings:
+    addr = source.get(None, "VAULT_ADDR", _vault_url, "")
+    if not addr:
+        raise ConfigError("Vault is enabled (SECRETS_BACKEND=vault or VAULT_ENABLED) but VAULT_ADDR is not set")
+    token = source.get(None, "VAULT_TOKEN", str.strip, "") or None
+    role_id = source.get(None, "VAULT_ROLE_ID", str.strip, "") or None
+    secret_id = source.get(None, "VAULT_SECRET_ID", str.strip, "") or None
+    if token is None and (role_id is None or secret_id is None):
+        raise ConfigError(
+            "Vault is enabled but has no credentials: set VAULT_TOKEN, or VAULT_ROLE_ID and VAULT_SECRET_ID"
+        )
+    return VaultSettings(
+        addr=addr,
+        token=token,
+        role_id=role_id,
+        secret_id=secret_id,
+        namespace=source.get(None, "VAULT_NAMESPACE", str.strip, "") or None,
+        mount_point=source.get(None, "VAULT_MOUNT_POINT", _mount, "secret"),
+        kv_version=int(source.get(None, "VAULT_KV_VERSION", _choice("1", "2"), "2")),
+        verify=source.get(None, "VAULT_VERIFY", _verify(cwd), _VERIFY_DEFAULT),
+        timeout=source.get(None, "VAULT_TIMEOUT_SECONDS", _clamped(1.0, 300.0), 10.0),
+        cache_ttl=source.get(None, "VAULT_CACHE_TTL_SECONDS", _number(0.0, 86400.0), 300.0),
+        cache_max_size=source.get(None, "VAULT_CACHE_MAX_SIZE", _integer(0, 1_000_000), 1000),
     )
 
 

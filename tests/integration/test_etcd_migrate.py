@@ -101,3 +101,21 @@ def test_migrate_as_a_module(tmp_path: Path, etcd: EtcdServer, etcd_prefix: str)
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "done: 3 written" in result.stdout and "warning" not in result.stdout
+
+
+def test_validation_lets_vault_references_through_and_warns_on_unset_variables() -> None:
+    """The tool does not read Vault: references pass; an unset {$VAR} is a warning, a bad entry an error."""
+    from cwm.etcd.migrate import validate
+
+    errors, warnings = validate(
+        {
+            "vaulted": {"module": "log", "authorization": "Bearer {$vault:app/auth#token}"},
+            "env": {"module": "log", "authorization": "Bearer {$MIGRATE_UNSET_VAR}"},
+            "bad": {"module": "no_such_module"},
+        },
+        {"db": {"type": "postgresql", "password": "{$vault:db#password}"}},
+        "default",
+        {},
+    )
+    assert warnings == ["webhook 'env': env.authorization: environment variable MIGRATE_UNSET_VAR is not set"]
+    assert len(errors) == 1 and errors[0].startswith("webhook 'bad':")

@@ -20,7 +20,7 @@ from cwm.config.model import (
     parse_webhook_entry,
     webhook_id_problem,
 )
-from cwm.config.secrets import substitute
+from cwm.config.secrets import SecretUnavailable, substitute
 from cwm.config.store import ConfigStore, InvalidRaw
 from cwm.errors import ConfigError
 from cwm.modules.base import ModuleContext, WebhookEvent
@@ -62,13 +62,11 @@ def test_substitute_recurses_without_mutating() -> None:
     assert original == copy
 
 
-def test_substitute_missing_variable_is_config_error() -> None:
-    """An unset variable with no default fails with the variable's name and the place, not a value."""
-    with pytest.raises(ConfigError) as e:
+def test_substitute_missing_variable_holds_the_entry_back() -> None:
+    """An unset variable with no default is a secret unavailable, named with its place, not a value."""
+    with pytest.raises(SecretUnavailable) as e:
         substitute({"authorization": "Bearer {$TOKEN}"}, {}, "hook")
-    assert str(e.value) == (
-        "hook.authorization: environment variable TOKEN is not set and the reference has no default"
-    )
+    assert e.value.reason == "hook.authorization: environment variable TOKEN is not set"
 
 
 def test_substitute_leaves_plain_braces_alone() -> None:
@@ -238,15 +236,18 @@ def test_store_module_config_error_names_module() -> None:
     assert store.lookup("default", "b") is not None
 
 
-def test_store_missing_env_rejects_only_that_entry() -> None:
-    """An unset {$VAR} without default rejects its entry; the rest serve."""
+def test_store_missing_env_holds_back_only_that_entry() -> None:
+    """An unset {$VAR} without default holds back its entry (503, listed); the rest serve."""
     store, _ = make_store({"SET": "x"})
     store.replace_all(
         {"default": {"a": {"module": "log", "authorization": "{$UNSET}"}, "b": {"module": "log", "authorization": "{$SET}"}}},
         {},
     )
     assert store.lookup("default", "a") is None and store.lookup("default", "b") is not None
-    assert "UNSET" in store.rejections[0].reason
+    assert store.rejections == ()
+    held = store.held_back("default", "a")
+    assert held is not None and held.reason == "a.authorization: environment variable UNSET is not set"
+    assert not held.waiting and store.unavailable == (held,)
 
 
 def test_store_connection_change_rebuilds_dependent_webhook() -> None:

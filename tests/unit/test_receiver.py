@@ -115,6 +115,7 @@ def harness() -> Harness:
                 "module-config": {"name": "schema"},
             },
             "broken": {"module": "nope"},
+            "unset_env": {"module": "rec", "authorization": "Bearer {$NOT_SET}"},
             "_comment": "not an entry",
         }
     )
@@ -318,6 +319,16 @@ def test_unexpected_error_is_500_json_without_traceback(harness: Harness, logged
     assert b"internal detail" not in body and b"Traceback" not in body
     assert len(logged_failures) == 1
     logged_failures.clear()
+
+
+def test_held_back_secret_is_503_with_retry_after_and_no_reason(harness: Harness) -> None:
+    """A webhook whose secret cannot be resolved answers 503; the reason stays in /health."""
+    code, body, headers = harness.post("/webhook/unset_env", headers={"Authorization": "Bearer x"})
+    assert (code, body) == (503, {"detail": "Secret unavailable"})
+    assert headers.getRawHeaders("Retry-After") == ["5"]
+    held = harness.store.held_back("default", "unset_env")
+    assert held is not None and "NOT_SET" in held.reason
+    assert harness.post("/webhook/plain")[0] == 200
 
 
 def test_not_loaded_is_503_not_404(harness: Harness) -> None:
