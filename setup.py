@@ -50,7 +50,7 @@ setup(
     package_data={"cwm": ["py.typed"], "cwm.etcd.etcdrpc": ["*.pyi"]},
     cmdclass={"build_py": BuildPyWithProtos},
     install_requires=[
-        "Twisted>=24.7,<27",
+        "Twisted[tls]>=24.7,<27",
         "klein>=24.8,<25",
         "treq>=24.9,<27",
         "PyJWT[crypto]>=2.8,<3",
