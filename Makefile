@@ -5,7 +5,17 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PROTOS := $(wildcard protos/cwm/etcd/etcdrpc/*.proto)
 
-.PHONY: run test install protos unit integration typecheck bench clean
+.PHONY: run test install protos unit integration typecheck bench clean redis-server
+
+# The integration tests start a real redis-server (Debian's package) on a
+# random loopback port; installed here when missing, as root on CI.
+REDIS_SERVER := $(shell command -v redis-server 2>/dev/null)
+redis-server:
+ifeq ($(REDIS_SERVER),)
+	(apt-get install -y --no-install-recommends redis-server >/dev/null 2>&1 || \
+	 (apt-get update >/dev/null && apt-get install -y --no-install-recommends redis-server >/dev/null))
+	command -v redis-server
+endif
 
 # The editable install's build_py already compiles protos/ in place; the explicit
 # protos/generate.py run makes sure of it whatever pip and setuptools decide.
@@ -28,14 +38,14 @@ run: $(STAMP)
 	$(BIN)/twistd --pidfile= -n cwm --listen tcp:8000 \
 		--webhooks examples/webhooks.json --connections examples/connections.json
 
-test: $(STAMP)
+test: $(STAMP) redis-server
 	$(BIN)/python -m mypy cwm
 	$(BIN)/python -m pytest
 
 unit: $(STAMP)
 	$(BIN)/python -m pytest tests/unit
 
-integration: $(STAMP)
+integration: $(STAMP) redis-server
 	$(BIN)/python -m pytest tests/integration
 
 typecheck: $(STAMP)

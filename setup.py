@@ -55,6 +55,7 @@ setup(
         "treq>=24.9,<27",
         "PyJWT[crypto]>=2.8,<3",
         "jsonschema>=4.21,<5",
+        "txredisapi>=1.4.10,<2",
         f"grpcio>={GRPC_VERSION},<2",
         f"protobuf>={PROTOBUF_GENCODE},<8",
     ],

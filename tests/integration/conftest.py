@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from tests.integration.etcd_server import EtcdServer
+from tests.integration.redis_server import RedisServer
 
 
 @pytest.fixture(scope="session")
@@ -52,3 +53,29 @@ def fresh_etcd() -> Iterator[Callable[..., EtcdServer]]:
     finally:
         for server in servers:
             server.cleanup()
+
+
+@pytest.fixture(scope="session")
+def redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One redis-server for the session; tests keep to their own ``redis_prefix``."""
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def fresh_redis(tmp_path: Any) -> Iterator[RedisServer]:
+    """A private redis-server, for tests that stop, kill or restart it."""
+    server = RedisServer(tmp_path / "redis")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def redis_prefix() -> str:
+    """A key prefix no other test uses, like ``t1a2b3c4d``."""
+    return f"t{uuid.uuid4().hex[:8]}"

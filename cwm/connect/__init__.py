@@ -1,0 +1,1 @@
+"""Webhook Connect, cloud side: channels buffered in Redis Streams, streamed to connectors."""

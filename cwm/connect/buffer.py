@@ -1,0 +1,440 @@
+"""The durable buffer of Webhook Connect: one Redis stream per channel, one consumer group.
+
+Every state change of a message is one Lua script, so it is atomic on the
+Redis side and two cwm instances sharing a Redis never disagree:
+
+- ``publish``: refused when the channel already holds ``max_queue_size``
+  messages (waiting + in flight), else XADD with the next sequence number.
+- ``read``: XREADGROUP hands waiting messages to this instance's consumer;
+  they stay in the group's pending list (in flight) until settled.
+- ``ack``: XACK + XDEL, counted as delivered.
+- ``give_back``: XACK + XDEL + XADD again at the tail with its delivery count
+  raised (nack with retry, a connection that went away, an ack timeout), or
+  into the channel's dead-letter stream once ``max_deliveries`` is reached or
+  when the nack said not to retry.
+- ``reclaim``: XAUTOCLAIM of messages in flight longer than the ack timeout,
+  whichever instance read them (so an instance that died loses nothing);
+  each is given back as a failed delivery.
+- ``expire``: a message past its ``expires_at`` is dropped and counted.
+
+Keys of one channel share a hash tag (``{prefix}:{channel}``), so the
+scripts also run on Redis Cluster.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from cwm.errors import ConfigError
+
+GROUP = "cwm"
+
+_PUBLISH = """
+if redis.call('XLEN', KEYS[1]) >= tonumber(ARGV[1]) then return {0, ''} end
+local seq = redis.call('INCR', KEYS[2])
+local id = redis.call('XADD', KEYS[1], '*', 'mid', ARGV[2], 'wid', ARGV[3], 'exp', ARGV[4],
+  'seq', seq, 'n', 0, 'env', ARGV[5])
+redis.call('HINCRBY', KEYS[3], ARGV[3], 1)
+return {seq, id}
+"""
+
+# Shared by the scripts below: read one entry into a table, or nil.
+_ENTRY = """
+local function entry(key, id)
+  local found = redis.call('XRANGE', key, id, id)
+  if #found == 0 then return nil end
+  local fields, m = found[1][2], {}
+  for i = 1, #fields, 2 do m[fields[i]] = fields[i + 1] end
+  return m
+end
+local function settled(counts, stat, wid)
+  redis.call('HINCRBY', counts, stat, 1)
+  if redis.call('HINCRBY', KEYS[3], wid, -1) <= 0 then redis.call('HDEL', KEYS[3], wid) end
+end
+"""
+
+_ACK = _ENTRY + """
+if redis.call('XACK', KEYS[1], ARGV[1], ARGV[2]) == 0 then return 0 end
+local m = entry(KEYS[1], ARGV[2])
+redis.call('XDEL', KEYS[1], ARGV[2])
+if m then settled(KEYS[2], 'delivered', m['wid']) end
+return 1
+"""
+
+_GIVE_BACK = _ENTRY + """
+if redis.call('XACK', KEYS[1], ARGV[1], ARGV[2]) == 0 then return {0, 0, ''} end
+local m = entry(KEYS[1], ARGV[2])
+redis.call('XDEL', KEYS[1], ARGV[2])
+if not m then return {0, 0, ''} end
+local n = tonumber(m['n']) + 1
+if ARGV[4] == '1' or n >= tonumber(ARGV[3]) then
+  local id = redis.call('XADD', KEYS[4], '*', 'mid', m['mid'], 'wid', m['wid'], 'seq', m['seq'],
+    'n', n, 'env', m['env'], 'reason', ARGV[5], 'at', ARGV[6])
+  settled(KEYS[2], 'dead_lettered', m['wid'])
+  return {2, n, id}
+end
+local id = redis.call('XADD', KEYS[1], '*', 'mid', m['mid'], 'wid', m['wid'], 'exp', m['exp'],
+  'seq', m['seq'], 'n', n, 'env', m['env'])
+return {1, n, id}
+"""
+
+_EXPIRE = _ENTRY + """
+local m = entry(KEYS[1], ARGV[2])
+if not m then return 0 end
+if tonumber(m['exp']) > tonumber(ARGV[3]) then return 0 end
+redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+redis.call('XDEL', KEYS[1], ARGV[2])
+settled(KEYS[2], 'expired', m['wid'])
+return 1
+"""
+
+_REPLAY = """
+local moved = 0
+for i = 3, #ARGV do
+  local found = redis.call('XRANGE', KEYS[4], ARGV[i], ARGV[i])
+  if #found > 0 then
+    local fields, m = found[1][2], {}
+    for j = 1, #fields, 2 do m[fields[j]] = fields[j + 1] end
+    redis.call('XADD', KEYS[1], '*', 'mid', m['mid'], 'wid', m['wid'], 'exp', ARGV[1],
+      'seq', m['seq'], 'n', 0, 'env', m['env'])
+    redis.call('HINCRBY', KEYS[3], m['wid'], 1)
+    redis.call('XDEL', KEYS[4], ARGV[i])
+    moved = moved + 1
+  end
+end
+return moved
+"""
+
+
+@dataclass(frozen=True)
+class RedisAddress:
+    """Where Redis is, from a ``redis://`` or ``rediss://`` URL."""
+
+    host: str
+    port: int
+    db: int
+    password: str | None
+    username: str | None
+    tls: bool
+
+    def __repr__(self) -> str:
+        return f"RedisAddress({self.host}:{self.port}/{self.db}, tls={self.tls})"
+
+
+def parse_redis_url(url: str) -> RedisAddress:
+    """``redis://[[user]:password@]host[:port][/db]``; ``rediss://`` for TLS.
+
+    Raises:
+        ConfigError: not such a URL (the message never repeats a password).
+    """
+    parts = urlsplit(url.strip())
+    if parts.scheme not in ("redis", "rediss") or not parts.hostname:
+        raise ConfigError("expected a redis://host:port/db URL")
+    try:
+        port = parts.port or 6379
+        db_text = parts.path.strip("/") or "0"
+        db = int(db_text)
+    except ValueError:
+        raise ConfigError("expected a redis://host:port/db URL with numeric port and db") from None
+    return RedisAddress(
+        host=parts.hostname,
+        port=port,
+        db=db,
+        password=unquote(parts.password) if parts.password else None,
+        username=unquote(parts.username) if parts.username else None,
+        tls=parts.scheme == "rediss",
+    )
+
+
+@dataclass(frozen=True)
+class Buffered:
+    """One message as read from a channel's stream."""
+
+    stream_id: str
+    message_id: str
+    webhook_id: str
+    sequence: int
+    delivery_count: int  # deliveries before this one
+    expires_at: float
+    envelope: dict[str, Any]
+
+    def wire(self) -> dict[str, Any]:
+        """The message as connectors receive it (upstream's fields plus ours)."""
+        return {
+            "type": "webhook",
+            "message_id": self.message_id,
+            "sequence": self.sequence,
+            "webhook_id": self.webhook_id,
+            "timestamp": self.envelope.get("timestamp"),
+            "headers": self.envelope.get("headers", {}),
+            "payload": self.envelope.get("payload"),
+            "body_base64": self.envelope.get("body_base64"),
+            "delivery_count": self.delivery_count + 1,
+            "stream_id": self.stream_id,
+        }
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What ``give_back`` did: ``requeued``, ``dead_lettered`` or ``gone`` (already settled)."""
+
+    state: str
+    deliveries: int
+    new_id: str
+
+
+@dataclass(frozen=True)
+class ChannelCounts:
+    """Counts read from Redis for one channel."""
+
+    queued: int  # waiting, not yet handed to a connector
+    in_flight: int
+    delivered: int
+    expired: int
+    dead_lettered: int
+    dead_letters: int  # currently in the dead-letter stream
+    pending_by_webhook: dict[str, int]
+
+
+class ChannelKeys:
+    """The Redis keys of one channel."""
+
+    __slots__ = ("stream", "sequence", "counts", "by_webhook", "dead", "token")
+
+    def __init__(self, prefix: str, channel: str) -> None:
+        tag = f"{prefix}:{{{channel}}}"
+        self.stream = f"{tag}:stream"
+        self.sequence = f"{tag}:seq"
+        self.counts = f"{tag}:counts"
+        self.by_webhook = f"{tag}:by_webhook"
+        self.dead = f"{tag}:dead"
+        self.token = f"{tag}:token"
+
+
+def _fields(flat: list[Any]) -> dict[str, str]:
+    return {str(flat[i]): flat[i + 1] for i in range(0, len(flat) - 1, 2)}
+
+
+class StreamBuffer:
+    """Channel streams in one Redis, through a txredisapi connection (or pool)."""
+
+    def __init__(self, redis: Any, prefix: str = "cwm:wc", consumer: str = "cwm") -> None:
+        """``redis`` is a txredisapi connection or pool made with ``convertNumbers=False``."""
+        self._redis = redis
+        self._prefix = prefix
+        self.consumer = consumer
+
+    def keys(self, channel: str) -> ChannelKeys:
+        return ChannelKeys(self._prefix, channel)
+
+    async def ensure_channel(self, channel: str) -> None:
+        """Create the stream and its consumer group (from the start) if they do not exist."""
+        k = self.keys(channel)
+        try:
+            await self._redis.execute_command("XGROUP", "CREATE", k.stream, GROUP, "0", "MKSTREAM")
+        except Exception as e:  # txredisapi.ResponseError, without importing its internals
+            if "BUSYGROUP" not in str(e):
+                raise
+
+    async def publish(
+        self,
+        channel: str,
+        message_id: str,
+        webhook_id: str,
+        expires_at: float,
+        envelope: dict[str, Any],
+        max_queue_size: int,
+    ) -> tuple[int, str] | None:
+        """Append a message; (sequence, stream id), or None when the channel is full."""
+        k = self.keys(channel)
+        seq, stream_id = await self._redis.eval(
+            _PUBLISH,
+            [k.stream, k.sequence, k.by_webhook],
+            [
+                str(max_queue_size),
+                message_id,
+                webhook_id,
+                repr(expires_at),
+                json.dumps(envelope, separators=(",", ":")),
+            ],
+        )
+        if int(seq) == 0:
+            return None
+        return int(seq), str(stream_id)
+
+    async def read(self, channels: dict[str, int], block_ms: int | None = None) -> list[tuple[str, Buffered]]:
+        """Hand up to ``count`` waiting messages of each channel to this consumer.
+
+        Args:
+            channels: channel -> how many messages this instance can take now.
+            block_ms: wait this long for a first message (a dedicated connection
+                should be used for blocking reads), or None not to wait.
+        """
+        wanted = {c: n for c, n in channels.items() if n > 0}
+        if not wanted:
+            return []
+        args: list[Any] = ["XREADGROUP", "GROUP", GROUP, self.consumer, "COUNT", str(max(wanted.values()))]
+        if block_ms is not None:
+            args += ["BLOCK", str(block_ms)]
+        names = list(wanted)
+        args += ["STREAMS", *(self.keys(c).stream for c in names), *(">" for _ in names)]
+        reply = await self._redis.execute_command(*args)
+        by_key = {self.keys(c).stream: c for c in names}
+        found: list[tuple[str, Buffered]] = []
+        for key, entries in reply or []:
+            channel = by_key[str(key)]
+            for stream_id, flat in entries:
+                if flat is None:
+                    continue
+                found.append((channel, self._message(str(stream_id), _fields(flat))))
+        return found
+
+    @staticmethod
+    def _message(stream_id: str, f: dict[str, str]) -> Buffered:
+        return Buffered(
+            stream_id=stream_id,
+            message_id=f["mid"],
+            webhook_id=f["wid"],
+            sequence=int(f["seq"]),
+            delivery_count=int(f["n"]),
+            expires_at=float(f.get("exp", "inf")),
+            envelope=json.loads(f["env"]),
+        )
+
+    async def ack(self, channel: str, stream_id: str) -> bool:
+        """Remove a message in flight; False when it was not in flight (already settled)."""
+        k = self.keys(channel)
+        done = await self._redis.eval(_ACK, [k.stream, k.counts, k.by_webhook], [GROUP, stream_id])
+        return int(done) == 1
+
+    async def give_back(
+        self,
+        channel: str,
+        stream_id: str,
+        max_deliveries: int,
+        reason: str,
+        now: float,
+        dead: bool = False,
+    ) -> Outcome:
+        """A delivery failed: requeue the message at the tail, or dead-letter it."""
+        k = self.keys(channel)
+        state, deliveries, new_id = await self._redis.eval(
+            _GIVE_BACK,
+            [k.stream, k.counts, k.by_webhook, k.dead],
+            [GROUP, stream_id, str(max_deliveries), "1" if dead else "0", reason, repr(now)],
+        )
+        name = {0: "gone", 1: "requeued", 2: "dead_lettered"}[int(state)]
+        return Outcome(name, int(deliveries), str(new_id))
+
+    async def expire(self, channel: str, stream_id: str, now: float) -> bool:
+        """Drop a message whose ``expires_at`` has passed; True if it was dropped."""
+        k = self.keys(channel)
+        done = await self._redis.eval(
+            _EXPIRE, [k.stream, k.counts, k.by_webhook], [GROUP, stream_id, repr(now)]
+        )
+        return int(done) == 1
+
+    async def reclaim(
+        self, channel: str, idle_ms: int, max_deliveries: int, now: float, count: int = 100
+    ) -> list[Outcome]:
+        """Give back every message in flight for longer than ``idle_ms``, whoever read it."""
+        k = self.keys(channel)
+        outcomes: list[Outcome] = []
+        start = "0-0"
+        while True:
+            reply = await self._redis.execute_command(
+                "XAUTOCLAIM", k.stream, GROUP, self.consumer, str(idle_ms), start, "COUNT", str(count), "JUSTID"
+            )
+            start, ids = str(reply[0]), reply[1]
+            for stream_id in ids:
+                outcomes.append(
+                    await self.give_back(channel, str(stream_id), max_deliveries, "ack timeout", now)
+                )
+            if start == "0-0":
+                return outcomes
+
+    async def expire_waiting(self, channel: str, now: float, count: int = 100) -> int:
+        """Drop expired messages among the oldest ``count`` waiting ones; how many were dropped."""
+        k = self.keys(channel)
+        entries = await self._redis.execute_command("XRANGE", k.stream, "-", "+", "COUNT", str(count))
+        dropped = 0
+        for stream_id, flat in entries or []:
+            if flat is None or float(_fields(flat).get("exp", "inf")) > now:
+                continue
+            pending = await self._redis.execute_command(
+                "XPENDING", k.stream, GROUP, str(stream_id), str(stream_id), "1"
+            )
+            if not pending and await self.expire(channel, str(stream_id), now):
+                dropped += 1
+        return dropped
+
+    async def counts(self, channel: str) -> ChannelCounts:
+        k = self.keys(channel)
+        length = int(await self._redis.execute_command("XLEN", k.stream))
+        try:
+            summary = await self._redis.execute_command("XPENDING", k.stream, GROUP)
+            in_flight = int(summary[0]) if summary else 0
+        except Exception as e:
+            if "NOGROUP" not in str(e):
+                raise
+            in_flight = 0
+        stats = _fields(await self._redis.execute_command("HGETALL", k.counts) or [])
+        by_webhook = _fields(await self._redis.execute_command("HGETALL", k.by_webhook) or [])
+        dead = int(await self._redis.execute_command("XLEN", k.dead))
+        return ChannelCounts(
+            queued=max(0, length - in_flight),
+            in_flight=in_flight,
+            delivered=int(stats.get("delivered", 0)),
+            expired=int(stats.get("expired", 0)),
+            dead_lettered=int(stats.get("dead_lettered", 0)),
+            dead_letters=dead,
+            pending_by_webhook={w: int(n) for w, n in by_webhook.items()},
+        )
+
+    async def dead_letters(self, channel: str, limit: int = 100) -> list[dict[str, Any]]:
+        """The newest dead letters: each envelope with its id, reason, time and delivery count."""
+        k = self.keys(channel)
+        entries = await self._redis.execute_command("XREVRANGE", k.dead, "+", "-", "COUNT", str(limit))
+        letters = []
+        for stream_id, flat in entries or []:
+            f = _fields(flat)
+            envelope = json.loads(f["env"])
+            envelope.update(
+                {
+                    "dead_letter_id": str(stream_id),
+                    "sequence": int(f["seq"]),
+                    "delivery_count": int(f["n"]),
+                    "reason": f.get("reason", ""),
+                    "dead_lettered_at": float(f.get("at", 0)),
+                }
+            )
+            letters.append(envelope)
+        return letters
+
+    async def replay(self, channel: str, ttl_seconds: float, now: float, ids: list[str] | None = None) -> int:
+        """Move dead letters (all, or those ``ids``) back to the channel; how many moved."""
+        k = self.keys(channel)
+        if ids is None:
+            entries = await self._redis.execute_command("XRANGE", k.dead, "-", "+")
+            ids = [str(stream_id) for stream_id, _ in entries or []]
+        moved = 0
+        for start in range(0, len(ids), 500):
+            batch = ids[start : start + 500]
+            moved += int(
+                await self._redis.eval(
+                    _REPLAY,
+                    [k.stream, k.counts, k.by_webhook, k.dead],
+                    [repr(now + ttl_seconds), "", *batch],
+                )
+            )
+        return moved
+
+    async def purge(self, channel: str) -> int:
+        """Delete every dead letter of the channel; how many there were."""
+        k = self.keys(channel)
+        count = int(await self._redis.execute_command("XLEN", k.dead))
+        await self._redis.execute_command("DEL", k.dead)
+        return count

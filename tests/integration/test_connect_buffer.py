@@ -1,0 +1,215 @@
+"""StreamBuffer against a real redis-server: every state change of a message."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import pytest_twisted
+import txredisapi
+
+from cwm.connect.buffer import StreamBuffer, parse_redis_url
+from cwm.errors import ConfigError
+from tests.integration.redis_server import RedisServer
+
+pytestmark = pytest.mark.integration
+
+NOW = 1_800_000_000.0
+
+
+async def connect(server: RedisServer) -> Any:
+    return await txredisapi.Connection("127.0.0.1", server.port, reconnect=False, convertNumbers=False)
+
+
+@pytest_twisted.async_yield_fixture
+async def buffers(redis: RedisServer, redis_prefix: str) -> AsyncIterator[tuple[StreamBuffer, StreamBuffer]]:
+    """Two instances' buffers on one Redis (consumers a and b)."""
+    one, two = await connect(redis), await connect(redis)
+    try:
+        yield StreamBuffer(one, redis_prefix, "a"), StreamBuffer(two, redis_prefix, "b")
+    finally:
+        await one.disconnect()
+        await two.disconnect()
+
+
+def envelope(n: int, body: bytes = b'{"n": 1}') -> dict[str, Any]:
+    return {
+        "message_id": f"msg_{n:016x}",
+        "channel": "ch",
+        "webhook_id": "hook",
+        "timestamp": "2026-11-23T00:00:00Z",
+        "headers": {"x-n": str(n)},
+        "payload": {"n": n},
+        "body_base64": base64.b64encode(body).decode(),
+    }
+
+
+async def publish(b: StreamBuffer, n: int, max_queue: int = 100, ttl: float = 3600, webhook: str = "hook") -> Any:
+    return await b.publish("ch", f"msg_{n:016x}", webhook, NOW + ttl, envelope(n), max_queue)
+
+
+@pytest_twisted.ensureDeferred
+async def test_publish_read_ack_with_exact_bytes_and_counts(buffers: tuple[StreamBuffer, StreamBuffer]) -> None:
+    a, _ = buffers
+    await a.ensure_channel("ch")
+    await a.ensure_channel("ch")  # idempotent
+    raw = b"\xff\xfe not utf-8 \x00"
+    published = await a.publish("ch", "msg_1", "hook", NOW + 60, envelope(1, raw), 10)
+    assert published is not None and published[0] == 1
+    assert (await publish(a, 2))[0] == 2
+    counts = await a.counts("ch")
+    assert (counts.queued, counts.in_flight, counts.pending_by_webhook) == (2, 0, {"hook": 2})
+    [(channel, first)] = await a.read({"ch": 1})
+    assert channel == "ch" and first.sequence == 1 and first.delivery_count == 0
+    assert base64.b64decode(first.wire()["body_base64"]) == raw
+    counts = await a.counts("ch")
+    assert (counts.queued, counts.in_flight) == (1, 1)
+    assert await a.ack("ch", first.stream_id) is True
+    assert await a.ack("ch", first.stream_id) is False  # twice: already settled
+    counts = await a.counts("ch")
+    assert (counts.queued, counts.in_flight, counts.delivered, counts.pending_by_webhook) == (1, 0, 1, {"hook": 1})
+
+
+@pytest_twisted.ensureDeferred
+async def test_queue_full_refuses_and_stores_nothing(buffers: tuple[StreamBuffer, StreamBuffer]) -> None:
+    a, _ = buffers
+    await a.ensure_channel("ch")
+    assert await publish(a, 1, max_queue=2) is not None
+    assert await publish(a, 2, max_queue=2) is not None
+    assert await publish(a, 3, max_queue=2) is None
+    counts = await a.counts("ch")
+    assert counts.queued == 2 and counts.pending_by_webhook == {"hook": 2}
+    # In-flight messages still count against the limit.
+    await a.read({"ch": 2})
+    assert await publish(a, 4, max_queue=2) is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_nack_requeues_then_dead_letters_at_max_deliveries(buffers: tuple[StreamBuffer, StreamBuffer]) -> None:
+    a, b = buffers
+    await a.ensure_channel("ch")
+    await publish(a, 1)
+    for attempt in range(1, 3):
+        [(_, m)] = await (a if attempt % 2 else b).read({"ch": 5})
+        assert m.delivery_count == attempt - 1
+        outcome = await a.give_back("ch", m.stream_id, 3, "nack", NOW)
+        assert (outcome.state, outcome.deliveries) == ("requeued", attempt)
+    [(_, m)] = await b.read({"ch": 5})
+    outcome = await b.give_back("ch", m.stream_id, 3, "target answered 500", NOW)
+    assert outcome.state == "dead_lettered"
+    assert await a.read({"ch": 5}) == []
+    counts = await a.counts("ch")
+    assert (counts.queued, counts.in_flight, counts.dead_lettered, counts.dead_letters) == (0, 0, 1, 1)
+    assert counts.pending_by_webhook == {}
+    [letter] = await a.dead_letters("ch")
+    assert letter["message_id"] == "msg_0000000000000001" and letter["reason"] == "target answered 500"
+    assert letter["delivery_count"] == 3
+
+
+@pytest_twisted.ensureDeferred
+async def test_nack_without_retry_dead_letters_then_replay_and_purge(buffers: tuple[StreamBuffer, StreamBuffer]) -> None:
+    a, _ = buffers
+    await a.ensure_channel("ch")
+    for n in (1, 2, 3):
+        await publish(a, n)
+    for _, m in await a.read({"ch": 3}):
+        assert (await a.give_back("ch", m.stream_id, 5, "target answered 400", NOW, dead=True)).state == "dead_lettered"
+    letters = await a.dead_letters("ch")
+    assert [x["sequence"] for x in letters] == [3, 2, 1]
+    assert await a.replay("ch", 60, NOW, [letters[0]["dead_letter_id"]]) == 1
+    [(_, again)] = await a.read({"ch": 5})
+    assert again.sequence == 3 and again.delivery_count == 0 and again.expires_at == NOW + 60
+    assert await a.purge("ch") == 2
+    counts = await a.counts("ch")
+    assert (counts.dead_letters, counts.in_flight, counts.pending_by_webhook) == (0, 1, {"hook": 1})
+
+
+@pytest_twisted.ensureDeferred
+async def test_reclaim_gives_back_what_another_instance_left_in_flight(buffers: tuple[StreamBuffer, StreamBuffer]) -> None:
+    a, b = buffers
+    await a.ensure_channel("ch")
+    await publish(a, 1)
+    await publish(a, 2)
+    taken = await a.read({"ch": 2})  # instance a reads, then "dies"
+    assert len(taken) == 2
+    assert await b.reclaim("ch", 60_000, 5, NOW) == []  # not idle long enough
+    outcomes = await b.reclaim("ch", 0, 5, NOW)
+    assert [o.state for o in outcomes] == ["requeued", "requeued"]
+    again = await b.read({"ch": 5})
+    assert [(m.sequence, m.delivery_count) for _, m in again] == [(1, 1), (2, 1)]
+    assert await a.ack("ch", taken[0][1].stream_id) is False  # a's late ack finds nothing
+
+
+@pytest_twisted.ensureDeferred
+async def test_expired_messages_are_dropped_and_counted(buffers: tuple[StreamBuffer, StreamBuffer]) -> None:
+    a, _ = buffers
+    await a.ensure_channel("ch")
+    await publish(a, 1, ttl=10)
+    await publish(a, 2, ttl=1000)
+    assert await a.expire_waiting("ch", NOW + 5) == 0
+    assert await a.expire_waiting("ch", NOW + 20) == 1
+    [(_, left)] = await a.read({"ch": 5})
+    assert left.sequence == 2
+    assert await a.expire("ch", left.stream_id, NOW + 20) is False  # not expired yet
+    assert await a.expire("ch", left.stream_id, NOW + 2000) is True
+    counts = await a.counts("ch")
+    assert (counts.expired, counts.queued, counts.in_flight, counts.pending_by_webhook) == (2, 0, 0, {})
+
+
+@pytest_twisted.ensureDeferred
+async def test_blocking_read_wakes_on_a_publish_from_another_connection(
+    buffers: tuple[StreamBuffer, StreamBuffer], redis: RedisServer
+) -> None:
+    from twisted.internet import reactor
+    from twisted.internet.defer import Deferred
+    from twisted.internet.task import deferLater
+
+    a, b = buffers
+    await a.ensure_channel("ch")
+    waiting = Deferred.fromCoroutine(a.read({"ch": 1}, block_ms=10_000))
+    # Wait (bounded) until Redis reports the XREADGROUP as blocked, then publish.
+    for _ in range(500):
+        if b"blocked_clients:1" in redis.command("INFO", "clients"):
+            break
+        await deferLater(reactor, 0.01, lambda: None)
+    else:
+        raise AssertionError("the read never blocked in Redis")
+    assert not waiting.called
+    await publish(b, 7)
+    [(_, m)] = await waiting
+    assert m.sequence == 1 and m.message_id == "msg_0000000000000007"
+
+
+@pytest_twisted.ensureDeferred
+async def test_messages_survive_a_redis_restart(fresh_redis: RedisServer) -> None:
+    conn = await connect(fresh_redis)
+    buf = StreamBuffer(conn, "p", "a")
+    await buf.ensure_channel("ch")
+    for n in range(1, 6):
+        await publish(buf, n)
+    [(_, m)] = await buf.read({"ch": 1})
+    await conn.disconnect()
+    fresh_redis.kill()
+    fresh_redis.start()
+    conn = await connect(fresh_redis)
+    try:
+        buf = StreamBuffer(conn, "p", "a")
+        counts = await buf.counts("ch")
+        assert (counts.queued, counts.in_flight) == (4, 1)
+        assert await buf.ack("ch", m.stream_id) is True
+        rest = await buf.read({"ch": 10})
+        assert [x.sequence for _, x in rest] == [2, 3, 4, 5]
+    finally:
+        await conn.disconnect()
+
+
+def test_redis_url() -> None:
+    address = parse_redis_url("redis://:p%40ss@10.0.0.1:6380/2")
+    assert (address.host, address.port, address.db, address.password, address.tls) == ("10.0.0.1", 6380, 2, "p@ss", False)
+    assert "p@ss" not in repr(address)
+    assert parse_redis_url("rediss://h").tls and parse_redis_url("redis://h").port == 6379
+    for bad in ("http://h", "redis://", "redis://h:x", "redis://h/db"):
+        with pytest.raises(ConfigError):
+            parse_redis_url(bad)
