@@ -24,7 +24,7 @@ from cwm.body import parse_body
 from cwm.config.model import DEFAULT_NAMESPACE, namespace_problem, webhook_id_problem
 from cwm.config.store import ConfigStore, Webhook
 from cwm.errors import HTTPError
-from cwm.modules.base import ModuleUnavailable, WebhookEvent
+from cwm.modules.base import ModuleRefused, ModuleUnavailable, WebhookEvent
 from cwm.request import InboundRequest
 
 BUSY_RETRY_AFTER = 1
@@ -192,6 +192,9 @@ class WebhookPipeline:
             if result.check(ModuleUnavailable):
                 error = result.value
                 raise HTTPError(503, error.reason, {"Retry-After": str(error.retry_after)})
+            if result.check(ModuleRefused):
+                refused = result.value
+                raise HTTPError(refused.status, refused.reason)
             self._log.failure(
                 "module {module} failed for {namespace}/{webhook_id}",
                 result,

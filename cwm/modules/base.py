@@ -53,6 +53,23 @@ class ModuleUnavailable(Exception):
         self.retry_after = retry_after
 
 
+class ModuleRefused(Exception):
+    """The module will never accept this webhook as sent (a 4xx, not worth a retry).
+
+    Attributes:
+        status: The HTTP status for the sender, 400-499 (e.g. 413 for a
+            message over a channel's size limit).
+        reason: Client-safe reason.
+    """
+
+    def __init__(self, status: int, reason: str) -> None:
+        if not 400 <= status <= 499:
+            raise ValueError("ModuleRefused needs a 4xx status")
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
 class Module(Protocol):
     """An output module instance, built once per config entry."""
 
@@ -61,6 +78,8 @@ class Module(Protocol):
 
         Raises:
             ModuleUnavailable: the sink refused or failed; the sender gets 503.
+            ModuleRefused: this webhook can never be accepted; the sender
+                gets its 4xx.
         """
 
     async def close(self) -> None:

@@ -15,7 +15,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from cwm.config.store import ConfigStore
 from cwm.errors import ConfigError
-from cwm.modules.base import ModuleContext, ModuleUnavailable, WebhookEvent
+from cwm.modules.base import ModuleContext, ModuleRefused, ModuleUnavailable, WebhookEvent
 from cwm.pipeline import WebhookPipeline
 from cwm.web.receiver import WebhookReceiver
 
@@ -38,6 +38,8 @@ class RecordingModule:
             raise ModuleUnavailable("sink is down", retry_after=7)
         if behaviour == "crash":
             raise RuntimeError("bug")
+        if behaviour == "too_big":
+            raise ModuleRefused(413, "Message exceeds the channel's size limit")
         if behaviour == "wait":
             d: Deferred[None] = Deferred()
             self.pending.append(d)
@@ -101,6 +103,7 @@ def harness() -> Harness:
             },
             "sink_down": {"module": "rec", "module-config": {"behaviour": "unavailable", "name": "down"}},
             "crashes": {"module": "rec", "module-config": {"behaviour": "crash", "name": "crash"}},
+            "too_big": {"module": "rec", "module-config": {"behaviour": "too_big", "name": "too_big"}},
             "slow": {"module": "rec", "response_timeout": 5, "module-config": {"behaviour": "wait", "name": "slow"}},
             "raw": {"module": "rec", "data_type": "blob", "module-config": {"name": "raw"}},
             "xml": {"module": "rec", "data_type": "xml", "module-config": {"name": "xml"}},
@@ -319,6 +322,13 @@ def test_unexpected_error_is_500_json_without_traceback(harness: Harness, logged
     assert b"internal detail" not in body and b"Traceback" not in body
     assert len(logged_failures) == 1
     logged_failures.clear()
+
+
+def test_module_refusal_is_its_4xx_without_retry_after(harness: Harness) -> None:
+    """A module that can never accept the webhook (413 over a channel's limit) answers its 4xx."""
+    code, body, headers = harness.post("/webhook/too_big")
+    assert (code, body) == (413, {"detail": "Message exceeds the channel's size limit"})
+    assert headers.getRawHeaders("Retry-After") is None
 
 
 def test_held_back_secret_is_503_with_retry_after_and_no_reason(harness: Harness) -> None:
