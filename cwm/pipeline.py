@@ -118,9 +118,10 @@ class WebhookPipeline:
             raise HTTPError(
                 503, "Configuration not loaded yet", {"Retry-After": str(NOT_LOADED_RETRY_AFTER)}
             )
-        found = self._store.lookup(namespace or self._default_namespace, webhook_id)
+        where = namespace or self._default_namespace
+        found = self._store.lookup(where, webhook_id)
         if found is None:
-            if self._store.held_back(namespace or self._default_namespace, webhook_id):
+            if self._store.held_back(where, webhook_id):
                 # Its secret cannot be read now; the reason is in /health, not here.
                 raise HTTPError(
                     503, "Secret unavailable", {"Retry-After": str(SECRET_RETRY_AFTER)}

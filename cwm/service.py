@@ -9,7 +9,7 @@ import os
 import signal
 import sys
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService, Service
@@ -25,6 +25,10 @@ from cwm.pipeline import WebhookPipeline
 from cwm.settings import ReceiverOptions, Settings
 from cwm.web.limits import LimitedSite
 from cwm.web.receiver import WebhookReceiver
+
+if TYPE_CHECKING:
+    from cwm.config.resolver import SecretResolver
+    from cwm.config.vault import VaultClient
 
 Options = ReceiverOptions
 
@@ -49,7 +53,7 @@ class _StoreService(Service):
 class _VaultService(Service):
     """Keeps the Vault token alive while running; on stop, cancels every read and timer."""
 
-    def __init__(self, client: Any, resolver: Any, pool: HTTPConnectionPool) -> None:
+    def __init__(self, client: VaultClient, resolver: SecretResolver, pool: HTTPConnectionPool) -> None:
         self._client = client
         self._resolver = resolver
         self._pool = pool
@@ -66,7 +70,7 @@ class _VaultService(Service):
         return closed
 
 
-def _secrets(settings: Settings, reactor: Any, parent: MultiService) -> Any:
+def _secrets(settings: Settings, reactor: Any, parent: MultiService) -> SecretResolver | None:
     """The Vault reader and the table of fields in use, or None when Vault is off."""
     if settings.vault is None:
         return None
@@ -204,8 +208,9 @@ def build_receiver(
             }
         )
         if secrets is not None:
-            components["vault"] = "degraded" if secrets.status()["unavailable"] else "healthy"
-            config["vault"] = secrets.status()
+            vault = secrets.status()
+            components["vault"] = "degraded" if vault["unavailable"] else "healthy"
+            config["vault"] = vault
         return True, {"components": components, "config": config}
 
     receiver = WebhookReceiver(pipeline, reactor, health)

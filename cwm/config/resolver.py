@@ -5,9 +5,9 @@ the reading. Each field is read once however many entries use it, read again
 when its cache lifetime runs out (so a secret rotated in Vault takes effect
 within ``VAULT_CACHE_TTL_SECONDS`` without a config change), and read again
 when an entry that uses it changes and the value is no longer fresh. A read
-that fails is retried with jittered exponential backoff; while a value is
-still fresh it keeps serving, after that the entries that need it are held
-back. Whenever what an entry would see changes, the store is told (batched,
+that fails is retried with jittered exponential backoff; as reads only
+start once a value is no longer fresh, a fresh value always serves, and
+after a failed read the entries that need it are held back. Whenever what an entry would see changes, the store is told (batched,
 on the next reactor turn) and rebuilds just those entries.
 """
 
@@ -203,6 +203,8 @@ class SecretResolver:
         return None
 
     def _failed(self, ref: SecretRef, secret: _Secret, failure: Failure, now: float) -> None:
+        """A read failed. Reads only start once the value is no longer fresh (or
+        was never read), so the value goes and its entries are held back."""
         self.failed_reads += 1
         error = failure.value
         if not isinstance(error, VaultError):
@@ -212,29 +214,17 @@ class SecretResolver:
         ceiling = min(self._retry_maximum, self._retry_initial * 2.0 ** min(secret.failures - 1, 32))
         delay = ceiling * (0.5 + 0.5 * self._random())
         reason = getattr(error, "reason", None) or type(error).__name__
-        if secret.value is not None and now < secret.expires_at:
-            # Still fresh: keep serving it, try again before it runs out.
-            delay = min(delay, max(0.0, secret.expires_at - now))
-            self._log.warn(
-                "Vault secret {ref} could not be refreshed ({reason}); the value read "
-                "earlier serves for {left:.1f} s more; retrying in {delay:.1f} s",
+        newly = secret.value is not None or getattr(secret.error, "reason", None) != reason
+        secret.value, secret.error = None, error
+        if newly:
+            self._log.error(
+                "Vault secret {ref} cannot be read ({reason}); {count} entries that need it "
+                "without a default are held back; retrying with backoff",
                 ref=str(ref),
                 reason=reason,
-                left=secret.expires_at - now,
-                delay=delay,
+                count=len(secret.users),
             )
-        else:
-            newly = secret.value is not None or getattr(secret.error, "reason", None) != reason
-            secret.value, secret.error = None, error
-            if newly:
-                self._log.error(
-                    "Vault secret {ref} cannot be read ({reason}); {count} entries that need it "
-                    "without a default are held back; retrying with backoff",
-                    ref=str(ref),
-                    reason=reason,
-                    count=len(secret.users),
-                )
-                self._changed(secret)
+            self._changed(secret)
         secret.timer = self._clock.callLater(delay, self._refresh, ref, secret)
 
     def _refresh(self, ref: SecretRef, secret: _Secret) -> None:

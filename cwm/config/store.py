@@ -11,7 +11,7 @@ from __future__ import annotations
 import gc
 import json
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
 from twisted.internet.defer import Deferred
@@ -64,13 +64,7 @@ class Rejection:
     serving_previous: bool
 
     def as_json(self) -> dict[str, Any]:
-        return {
-            "kind": self.kind,
-            "namespace": self.namespace,
-            "name": self.name,
-            "reason": self.reason,
-            "serving_previous": self.serving_previous,
-        }
+        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -84,13 +78,7 @@ class Unavailable:
     waiting: bool  # not read yet, rather than failed
 
     def as_json(self) -> dict[str, Any]:
-        return {
-            "kind": self.kind,
-            "namespace": self.namespace,
-            "name": self.name,
-            "reason": self.reason,
-            "waiting": self.waiting,
-        }
+        return asdict(self)
 
 
 EntryKey = tuple[str, str | None, str]

@@ -46,12 +46,9 @@ if TYPE_CHECKING:
 # Settings
 
 
-_MOUNT = re.compile(r"[A-Za-z0-9_.-]+(?:/[A-Za-z0-9_.-]+)*")
-
-
 @dataclass(frozen=True)
 class VaultSettings:
-    """Where Vault is and how to log in; built from ``VAULT_*`` variables."""
+    """Where Vault is and how to log in; ``cwm.settings`` builds and validates it from ``VAULT_*``."""
 
     addr: str
     token: str | None = field(default=None, repr=False)
@@ -65,24 +62,6 @@ class VaultSettings:
     cache_ttl: float = 300.0
     cache_max_size: int = 1000
 
-    def __post_init__(self) -> None:
-        if not self.addr.startswith(("http://", "https://")):
-            raise ConfigError("VAULT_ADDR must be an http:// or https:// URL")
-        if self.kv_version not in (1, 2):
-            raise ConfigError("VAULT_KV_VERSION must be 1 or 2")
-        if not _MOUNT.fullmatch(self.mount_point.strip("/")):
-            raise ConfigError("VAULT_MOUNT_POINT must be a path like 'secret' or 'kv/app'")
-        if not self.token and not (self.role_id and self.secret_id):
-            raise ConfigError(
-                "Vault needs VAULT_TOKEN, or VAULT_ROLE_ID and VAULT_SECRET_ID for AppRole"
-            )
-        if self.timeout <= 0:
-            raise ConfigError("VAULT_TIMEOUT_SECONDS must be positive")
-        if self.cache_ttl < 0:
-            raise ConfigError("VAULT_CACHE_TTL_SECONDS must not be negative")
-        if self.cache_max_size < 0:
-            raise ConfigError("VAULT_CACHE_MAX_SIZE must not be negative")
-
 
 # --------------------------------------------------------------------------
 # References
@@ -90,7 +69,6 @@ class VaultSettings:
 
 _PATH = re.compile(r"[A-Za-z0-9_./-]{1,512}")
 _FIELD = re.compile(r"[A-Za-z0-9_.-]{1,128}")
-_EMBEDDED = re.compile(r"\{\$vault:([^}]*)\}")
 
 
 def parse_reference(text: str) -> tuple[str, str, str | None]:
@@ -447,11 +425,6 @@ class VaultClient:
         """When (on the injected clock) the cached value expires; None if nothing is cached."""
         entry = self._cache.get((path, field))
         return None if entry is None else entry.expires_at
-
-    def stale(self, path: str, field: str) -> str | None:
-        """The last value read, even if expired (for serving stale on failure)."""
-        entry = self._cache.get((path, field))
-        return None if entry is None else entry.value
 
     def _remember(self, key: tuple[str, str], value: str) -> None:
         limit = self._settings.cache_max_size

@@ -202,7 +202,7 @@ class ChannelCounts:
 class ChannelKeys:
     """The Redis keys of one channel."""
 
-    __slots__ = ("stream", "sequence", "counts", "by_webhook", "dead", "token")
+    __slots__ = ("stream", "sequence", "counts", "by_webhook", "dead")
 
     def __init__(self, prefix: str, channel: str) -> None:
         tag = f"{prefix}:{{{channel}}}"
@@ -211,7 +211,6 @@ class ChannelKeys:
         self.counts = f"{tag}:counts"
         self.by_webhook = f"{tag}:by_webhook"
         self.dead = f"{tag}:dead"
-        self.token = f"{tag}:token"
 
 
 def _fields(flat: list[Any]) -> dict[str, str]:

@@ -174,17 +174,20 @@ def test_vault_down_cache_serves_then_entry_held_back_then_recovers(events: list
         assert secret not in repr(w.store.unavailable) and secret not in repr(w.resolver.status())
 
 
-def test_failed_refresh_while_fresh_keeps_serving() -> None:
-    """A refresh that fails before the value expires (entry change) keeps the value until expiry."""
+def test_entry_change_while_fresh_does_not_read_and_outage_shows_at_expiry() -> None:
+    """Re-publishing an entry within the TTL sends nothing to Vault; the outage shows at expiry."""
     w = World()
     w.load({"a": BEARER})
     w.turn()
     w.turn(TTL)  # second read, fresh until 2*TTL
     w.vault.sealed = True
-    w.resolver.track(("webhook", "default", "a"), w.resolver._by_entry[("webhook", "default", "a")], True)
+    requests = sum(w.vault.requests.values())
+    w.store.update({("default", "a"): dict(BEARER)})
     w.turn()
-    assert w.authorization("a") == f"Bearer {V1}"  # fresh: the change did not re-read
+    assert sum(w.vault.requests.values()) == requests
+    assert w.authorization("a") == f"Bearer {V1}"
     w.turn(TTL)
+    assert sum(w.vault.requests.values()) == requests + 1
     assert w.store.held_back("default", "a") is not None
 
 
