@@ -7,7 +7,6 @@ a ``$ref`` to any other URL is a config error, and nothing is ever fetched.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -20,7 +19,8 @@ from referencing.jsonschema import DRAFT202012, UnknownDialect, specification_wi
 
 from cwm.auth._config import quote
 from cwm.auth.base import CheckFailed
-from cwm.errors import ConfigError
+from cwm.body import parse_body
+from cwm.errors import ConfigError, HTTPError
 from cwm.request import InboundRequest
 
 if TYPE_CHECKING:
@@ -49,11 +49,12 @@ class JsonSchemaCheck:
 
     def __call__(self, request: InboundRequest, payload: Any) -> None:
         if isinstance(payload, (bytes, bytearray)):
-            # A blob webhook still has its schema applied to the body as JSON.
+            # A blob webhook still has its schema applied to the body as JSON,
+            # parsed by the same rules (charset, depth, size) as a json webhook.
             try:
-                payload = json.loads(payload)
-            except ValueError:
-                raise CheckFailed("Invalid JSON body", status=400) from None
+                payload = parse_body("json", bytes(payload), request.header("content-type"))
+            except HTTPError as e:
+                raise CheckFailed(e.detail, status=e.status) from None
         try:
             error = schema_exceptions.best_match(self._validator.iter_errors(payload))
         except referencing.exceptions.Unresolvable:

@@ -82,10 +82,13 @@ def test_json_schema_bytes_payload_parsed() -> None:
 
 
 def test_json_schema_malformed_bytes_payload() -> None:
-    """A raw payload that is not JSON fails with 400."""
+    """A raw payload that is not JSON fails with 400, by the same rules as a json webhook's body."""
     failure = failure_of(b"{not json")
-    assert failure.reason == "Invalid JSON body"
+    assert failure.reason.startswith("Malformed JSON payload: ")
     assert failure.status == 400
+    deep = failure_of(b"[" * 100_000)
+    assert (deep.status, deep.reason) == (400, "Malformed JSON payload: nesting deeper than 50")
+    assert failure_of(b'{"a": NaN}').status == 400
 
 
 def test_json_schema_missing_payload() -> None:
