@@ -82,8 +82,11 @@ async def test_queue_full_refuses_and_stores_nothing(buffers: tuple[StreamBuffer
     counts = await a.counts("ch")
     assert counts.queued == 2 and counts.pending_by_webhook == {"hook": 2}
     # In-flight messages still count against the limit.
-    await a.read({"ch": 2})
+    taken = await a.read({"ch": 2})
     assert await publish(a, 4, max_queue=2) is None
+    # Refusals used no sequence number: the next accepted message is 3.
+    assert await a.ack("ch", taken[0][1].stream_id)
+    assert (await publish(a, 5, max_queue=2))[0] == 3
 
 
 @pytest_twisted.ensureDeferred
@@ -94,6 +97,7 @@ async def test_nack_requeues_then_dead_letters_at_max_deliveries(buffers: tuple[
     for attempt in range(1, 3):
         [(_, m)] = await (a if attempt % 2 else b).read({"ch": 5})
         assert m.delivery_count == attempt - 1
+        assert m.expires_at == NOW + 3600 and m.envelope == envelope(1)  # requeued unchanged
         outcome = await a.give_back("ch", m.stream_id, 3, "nack", NOW)
         assert (outcome.state, outcome.deliveries) == ("requeued", attempt)
     [(_, m)] = await b.read({"ch": 5})
@@ -139,6 +143,7 @@ async def test_reclaim_gives_back_what_another_instance_left_in_flight(buffers: 
     assert [o.state for o in outcomes] == ["requeued", "requeued"]
     again = await b.read({"ch": 5})
     assert [(m.sequence, m.delivery_count) for _, m in again] == [(1, 1), (2, 1)]
+    assert [(m.expires_at, m.envelope) for _, m in again] == [(NOW + 3600, envelope(1)), (NOW + 3600, envelope(2))]
     assert await a.ack("ch", taken[0][1].stream_id) is False  # a's late ack finds nothing
 
 
@@ -152,6 +157,9 @@ async def test_expired_messages_are_dropped_and_counted(buffers: tuple[StreamBuf
     assert await a.expire_waiting("ch", NOW + 20) == 1
     [(_, left)] = await a.read({"ch": 5})
     assert left.sequence == 2
+    # In flight, it is left alone by the sweep of waiting messages even once expired.
+    assert await a.expire_waiting("ch", NOW + 2000) == 0
+    assert (await a.counts("ch")).in_flight == 1
     assert await a.expire("ch", left.stream_id, NOW + 20) is False  # not expired yet
     assert await a.expire("ch", left.stream_id, NOW + 2000) is True
     counts = await a.counts("ch")

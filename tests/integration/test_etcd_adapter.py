@@ -10,7 +10,6 @@ import pytest
 import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
-from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 
 from cwm.etcd import client as etcd_client
@@ -158,15 +157,30 @@ async def test_pub_lease_keys_expire_after_revoke(
 
 @pytest_twisted.ensureDeferred
 async def test_pub_lease_keepalive_extends_ttl(etcd: EtcdServer, blocking: EtcdClient, etcd_prefix: str) -> None:
-    """With keep-alive the key outlives three times the raw TTL."""
-    publisher = LeasedPublisher(lambda: EtcdClient(options(etcd.address)), reactor, ttl=2)
+    """With keep-alive the key outlives three times the raw TTL on its first lease."""
+    calls: list[str] = []
+    kept: Deferred[None] = Deferred()
+
+    class Counting(EtcdClient):
+        def lease_grant(self, ttl: int) -> tuple[int, int]:
+            calls.append("grant")
+            return super().lease_grant(ttl)
+
+        def lease_keepalive(self, lease_id: int) -> int:
+            remaining = super().lease_keepalive(lease_id)
+            calls.append("keepalive")
+            if calls.count("keepalive") == 7:  # one a second: past 3 x TTL
+                reactor.callFromThread(kept.callback, None)  # type: ignore[attr-defined]
+            return remaining
+
+    publisher = LeasedPublisher(lambda: Counting(options(etcd.address)), reactor, ttl=2)
     publisher.startService()
     key = f"{etcd_prefix}kept".encode()
     try:
         await bounded(publisher.publish(key, b"1"))
-        # The point of the test is time passing beyond the TTL: wait it out.
-        await deferLater(reactor, 6.5, lambda: None)
+        await bounded(kept, 20.0)
         assert await in_thread(blocking.range_key, key) is not None
+        assert calls.count("grant") == 1  # never lost and granted again
     finally:
         await publisher.stopService()
     assert await in_thread(blocking.range_key, key) is None

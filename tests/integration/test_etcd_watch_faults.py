@@ -26,7 +26,6 @@ import pytest
 import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
-from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 
 from cwm.etcd import client as etcd_client
@@ -515,15 +514,15 @@ async def test_permission_denied_never_syncs_and_backs_off(
     await bounded(sub.mirror.when(lambda m: "permission" in m.reason.lower()))
     assert sub.mirror.state == STARTING and sub.mirror.snapshots == 0, sub.mirror.reason
 
-    # What is under test is the pace of retries over time: watch for a while.
-    window = 3.0
-    start = time.monotonic()
-    await deferLater(reactor, window, lambda: None)
-    attempts = [at for at in sub.probe.times("range") if at >= start]
-    print(f"\nmeasured: {len(attempts)} snapshot attempts in {window} s while permission is denied")
-    assert 1 <= len(attempts) <= window / retry.maximum + 1, attempts
-    gaps = [b - a for a, b in zip(sub.probe.times("range"), sub.probe.times("range")[1:])]
-    assert gaps and min(gaps) >= retry.initial * 0.9, gaps
+    # Three more attempts, then their pace: each gap is one backoff delay.
+    before = len(sub.probe.times("range"))
+    await bounded(sub.probe.when_called("range", before + 3), 15.0)
+    times = sub.probe.times("range")
+    gaps = [b - a for a, b in zip(times, times[1:])]
+    print(f"\nmeasured: gaps between snapshot attempts while permission is denied: {gaps}")
+    assert len(gaps) >= 3
+    assert min(gaps) >= retry.initial * 0.9, gaps
+    assert all(gap <= retry.maximum + 1.0 for gap in gaps), gaps
     assert sub.mirror.state == STARTING and "permission" in sub.mirror.reason.lower()
     assert sub.probe.times("watch") == []
 

@@ -179,9 +179,15 @@ async def test_ca_bundle_is_trusted(served: Served) -> None:
 
 @pytest_twisted.ensureDeferred
 async def test_bundle_of_several_certificates(served: Served) -> None:
-    bundle = served.tmp_path / "bundle.pem"
-    bundle.write_bytes(Authority.create("another CA").pem() + served.ca_path.read_bytes())
-    assert await read_with(served.standin.addr, str(bundle)) == SECRET
+    """Every certificate of a bundle is trusted, whichever place the right one has."""
+    other = Authority.create("another CA").pem()
+    for name, content in (
+        ("last.pem", other + served.ca_path.read_bytes()),
+        ("first.pem", served.ca_path.read_bytes() + other),
+    ):
+        bundle = served.tmp_path / name
+        bundle.write_bytes(content)
+        assert await read_with(served.standin.addr, str(bundle)) == SECRET
 
 
 @pytest_twisted.ensureDeferred

@@ -43,10 +43,12 @@ class World:
             self.client, self.clock, ttl=ttl, random_fraction=lambda: 1.0
         )
         self.built: list[CountingModule] = []
+        self.contexts: list[ModuleContext] = []
 
         def build(name: str, config: Mapping[str, Any], ctx: ModuleContext) -> CountingModule:
             module = CountingModule()
             self.built.append(module)
+            self.contexts.append(ctx)
             return module
 
         context = ModuleContext(self.clock, None, None, None, FilePath("."))  # type: ignore[arg-type]
@@ -100,7 +102,7 @@ def test_one_read_serves_every_entry_that_uses_the_field() -> None:
     w = World()
     w.load({f"h{i}": BEARER for i in range(50)})
     w.turn()
-    assert w.reads() == 1
+    assert w.reads() == 1 and w.resolver.reads == 1
     assert all(w.authorization(f"h{i}") == f"Bearer {V1}" for i in range(50))
 
 
@@ -139,7 +141,7 @@ def test_entry_change_reads_again_only_when_the_value_is_no_longer_fresh() -> No
     fresh.turn()
     fresh.store.update({("default", "a"): dict(BEARER)})
     fresh.turn()
-    assert fresh.reads() == 1  # still fresh: served from the cache
+    assert fresh.resolver.reads == 1 and fresh.reads() == 1  # still fresh: not read again
 
 
 def test_vault_down_cache_serves_then_entry_held_back_then_recovers(events: list[LogEvent]) -> None:
@@ -182,13 +184,15 @@ def test_entry_change_while_fresh_does_not_read_and_outage_shows_at_expiry() -> 
     w.turn(TTL)  # second read, fresh until 2*TTL
     w.vault.sealed = True
     requests = sum(w.vault.requests.values())
+    assert w.resolver.reads == 2
     w.store.update({("default", "a"): dict(BEARER)})
     w.turn()
-    assert sum(w.vault.requests.values()) == requests
+    assert sum(w.vault.requests.values()) == requests and w.resolver.reads == 2
     assert w.authorization("a") == f"Bearer {V1}"
     w.turn(TTL)
-    assert sum(w.vault.requests.values()) == requests + 1
-    assert w.store.held_back("default", "a") is not None
+    assert sum(w.vault.requests.values()) == requests + 1 and w.resolver.reads == 3
+    held = w.store.held_back("default", "a")
+    assert held is not None and not held.waiting and "HTTP 503" in held.reason
 
 
 def test_missing_secret_without_default_holds_back_only_its_entry() -> None:
@@ -232,9 +236,14 @@ def test_kv_version_1_and_a_mount() -> None:
     """KV v1 reads the field from the secret itself, under the configured mount."""
     w = World(mount_point="kv", kv_version=1)
     w.vault.put_secret("db", {"password": "pw1"}, mount="kv")
-    w.load({}, {"db": {"type": "postgresql", "host": "h", "password": "{$vault:db#password}"}})
+    w.load(
+        {"uses": {"module": "log", "connection": "db"}},
+        {"db": {"type": "postgresql", "host": "h", "password": "{$vault:db#password}"}},
+    )
     w.turn()
     assert w.vault.request_count("/v1/kv/db") == 1 and w.store.unavailable == ()
+    # The module of the webhook that uses the connection sees the resolved password.
+    assert w.contexts[-1].connections["db"]["password"] == "pw1"
 
 
 def test_connection_secret_holds_back_the_webhooks_that_use_it() -> None:
@@ -252,6 +261,7 @@ def test_connection_secret_holds_back_the_webhooks_that_use_it() -> None:
     w.vault.put_secret("app/conn", {"pw": "pw"})
     w.turn(1)
     assert w.store.lookup("default", "uses") is not None and w.store.unavailable == ()
+    assert w.contexts[-1].connections["r"]["password"] == "pw"
 
 
 def test_deleted_entry_stops_its_reads() -> None:

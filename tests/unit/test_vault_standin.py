@@ -94,8 +94,8 @@ class KV2WriteTests(SynchronousTestCase):
         s = Standin()
         status, answer = s.call("POST", "/v1/secret/data/x", {"password": "p"})
         self.assertEqual((status, answer["errors"]), (400, ["no data provided"]))
-        status, _ = s.call("POST", "/v1/secret/data/x", raw=b"{not json")
-        self.assertEqual(status, 400)
+        status, answer = s.call("POST", "/v1/secret/data/x", raw=b"{not json")
+        self.assertEqual((status, answer["errors"]), (400, ["failed to parse JSON input"]))
         self.assertIsNone(s.vault.secret("x"))
 
     def test_check_and_set(self) -> None:
