@@ -152,37 +152,30 @@ class WebhookPipeline:
                 {"Retry-After": str(BUSY_RETRY_AFTER)},
             )
         self.in_flight += 1
-        waiting: list[Deferred[tuple[object]]] = []
-        finished_early: list[object] = []
+        answered: Deferred[tuple[object]] = Deferred()
 
         def finished(result: object) -> None:
             # Results travel wrapped in a tuple so a Failure is a value here,
             # never an unhandled error.
             self.in_flight -= 1
-            if not waiting:
-                finished_early.append(result)
-            elif not waiting[0].called:
-                waiting[0].callback((result,))
-            else:
+            if answered.called:  # timed out, or the client went away
                 self._background_outcome(event, result)
+            else:
+                answered.callback((result,))
 
         delivery: Deferred[None] = Deferred.fromCoroutine(webhook.module.deliver(event))
         delivery.addBoth(finished)
-        if finished_early:  # the module finished synchronously: no timer needed
-            return self._answer(webhook, event, finished_early[0])
-
-        answered: Deferred[tuple[object]] = Deferred()
-        waiting.append(answered)
 
         def timed_out() -> None:
             if not answered.called:
                 answered.callback((_TIMED_OUT,))
 
-        timer = self._clock.callLater(webhook.entry.response_timeout, timed_out)
+        # A module that finished synchronously needs no timer.
+        timer = None if answered.called else self._clock.callLater(webhook.entry.response_timeout, timed_out)
         try:
             (result,) = await answered
         finally:
-            if timer.active():
+            if timer is not None and timer.active():
                 timer.cancel()
         return self._answer(webhook, event, result)
 

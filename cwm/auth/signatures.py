@@ -46,6 +46,9 @@ ALGORITHMS: Mapping[str, Callable[[], Any]] = {
     "sha256": hashlib.sha256,
     "sha512": hashlib.sha512,
 }
+# Digest sizes in bytes, looked up once instead of building a hash per request.
+_DIGEST_SIZES: Mapping[str, int] = {name: make().digest_size for name, make in ALGORITHMS.items()}
+_SHA256_SIZE = _DIGEST_SIZES["sha256"]
 ENCODINGS = ("hex", "base64")
 PROVIDERS = ("github", "stripe", "slack", "shopify", "standard-webhooks")
 
@@ -134,7 +137,7 @@ class _BodyScheme:
             value = value[len(self.prefix) :]
         elif self.prefix_required:
             raise CheckFailed(_INVALID_FORMAT)
-        size = ALGORITHMS[self.algorithm]().digest_size
+        size = _DIGEST_SIZES[self.algorithm]
         signature = _DECODERS[self.encoding](value, size)
         if signature is None:
             raise CheckFailed(_INVALID_FORMAT)
@@ -163,7 +166,7 @@ class _StripeScheme:
         if not v1:
             raise CheckFailed(_INVALID_FORMAT)
         when, when_bytes = _timestamp(timestamp)
-        size = hashlib.sha256().digest_size
+        size = _SHA256_SIZE
         signatures = tuple(
             signature
             for signature in (_decode_hex(text, size) for text in v1)
@@ -185,7 +188,7 @@ class _SlackScheme:
         value = _required_header(request, (self.header,))
         if not value.startswith("v0="):
             raise CheckFailed(_INVALID_FORMAT)
-        signature = _decode_hex(value[3:], hashlib.sha256().digest_size)
+        signature = _decode_hex(value[3:], _SHA256_SIZE)
         if signature is None:
             raise CheckFailed(_INVALID_FORMAT)
         when, when_bytes = _timestamp(request.header(self.timestamp_header))
@@ -216,7 +219,7 @@ class _StandardWebhooksScheme:
             # The id is followed by "." in the signed bytes: one in it is ambiguous.
             raise CheckFailed(f"Invalid {prefix}id header")
         when, when_bytes = _timestamp(request.header(f"{prefix}timestamp"))
-        size = hashlib.sha256().digest_size
+        size = _SHA256_SIZE
         signatures: list[bytes] = []
         for entry in value.split():
             version, comma, text = entry.partition(",")

@@ -157,9 +157,10 @@ class PrefixWatch(Service):
                         # permission problem, not an expired token. Pace it.
                         restart = _Restart("backoff", restart.reason)
                     self._auth_restarts = self._auth_restarts + 1 if restart.step == "auth" else 0
-                    self._step = restart.step
                     if restart.step == "backoff":
                         self._thd_backoff(restart.reason)
+                    else:
+                        self._step = restart.step
                 except Exception as error:
                     if self._stopping.is_set():
                         break
@@ -179,12 +180,16 @@ class PrefixWatch(Service):
                 client.authenticate()
             except Exception as error:
                 raise _Restart("backoff", self._thd_describe(error)) from None
-            self._step = "watch" if self._last else "snapshot"
+            self._step = self._thd_resume_step()
         if self._step == "snapshot":
             self._thd_snapshot(client)
             self._step = "watch"
-        if self._step == "watch" or self._step == "backoff":
+        if self._step == "watch":
             self._thd_watch(client)
+
+    def _thd_resume_step(self) -> str:
+        """Where to go on: watch from the last revision seen, or snapshot if none yet."""
+        return "watch" if self._last else "snapshot"
 
     def _thd_client(self) -> WatchClient:
         with self._lock:
@@ -299,7 +304,7 @@ class PrefixWatch(Service):
         )
         # A new client after a failure: the next endpoint, a fresh channel.
         self._thd_drop_client()
-        self._step = "snapshot" if self._last == 0 else "watch"
+        self._step = self._thd_resume_step()
         self._stopping.wait(delay)
 
 

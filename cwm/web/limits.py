@@ -44,9 +44,6 @@ class LimitedRequest(server.Request):
 
     _body_seen = 0
 
-    def gotLength(self, length: int | None) -> None:
-        self.content = BytesIO()  # type: ignore[assignment]
-
     def process(self) -> None:
         # Klein would answer a non-UTF-8 path with a plain-text body.
         try:
@@ -203,12 +200,11 @@ class LimitedSite(server.Site):
 
     def buildProtocol(self, addr: Any) -> Any:
         channel = super().buildProtocol(addr)
-        channel.requestFactory = self.requestFactory
-        channel.site = self
         channel.max_body_bytes = self.max_body_bytes
         return channel
 
     def getContentFile(self, length: int | None) -> BytesIO:
+        # twisted.web.server.Request.gotLength asks the site: always memory.
         return BytesIO()
 
     def log(self, request: Any) -> None:
