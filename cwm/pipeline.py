@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from twisted.internet.defer import CancelledError, Deferred
@@ -82,7 +82,7 @@ class WebhookPipeline:
         where = f"{namespace or self._default_namespace}/{webhook_id}"
         try:
             webhook = self._find(namespace, webhook_id)
-            client_ip = webhook.checks.client_ip(request)
+            request = replace(request, client_ip=webhook.checks.client_ip(request))
             payload = self._verify(webhook, request)
             event = WebhookEvent(
                 namespace=webhook.namespace,
@@ -93,7 +93,7 @@ class WebhookPipeline:
                 body=request.body,
                 payload=payload,
                 data_type=webhook.entry.data_type,
-                client_ip=client_ip,
+                client_ip=request.client_ip,
             )
             answer = await self._dispatch(webhook, event)
         except HTTPError as e:

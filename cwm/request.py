@@ -23,6 +23,9 @@ class InboundRequest:
         body: The exact received body bytes.
         peer_ip: The address of the TCP peer (not trusted forwarding headers).
         received_at: When the request arrived, in seconds from the injected clock.
+        client_ip: The client's address as the webhook's ``trusted_proxies``
+            establish it; set once by the pipeline when the webhook is known
+            (empty before), and read by ``ip_whitelist`` and ``rate_limit``.
     """
 
     method: str
@@ -32,6 +35,7 @@ class InboundRequest:
     received_at: float
     headers: Mapping[str, list[str]] = field(default_factory=dict)
     query: Mapping[str, list[str]] = field(default_factory=dict)
+    client_ip: str = ""
 
     def header(self, name: str) -> str | None:
         """The first value of header ``name`` (any case), or None if absent."""

@@ -94,14 +94,14 @@ def build_checks(entry: Mapping[str, Any]) -> WebhookChecks:
 
     trusted_proxies = parse_trusted_proxies(entry.get("trusted_proxies"))
     builders: Mapping[str, Callable[[object], Check]] = {
-        "ip_whitelist": lambda value: build_ip_whitelist(value, trusted_proxies),
+        "ip_whitelist": build_ip_whitelist,
         "authorization": build_authorization,
         "basic_auth": build_basic_auth,
         "header_auth": build_header_auth,
         "query_auth": build_query_auth,
         "jwt": build_jwt,
         "hmac": build_hmac,
-        "rate_limit": lambda value: build_rate_limit(value, trusted_proxies),
+        "rate_limit": build_rate_limit,
     }
     checks = tuple(
         builders[key](entry[key]) for key in _REQUEST_CHECK_KEYS if entry.get(key) is not None

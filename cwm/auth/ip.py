@@ -150,28 +150,23 @@ def resolve_client_ip(request: InboundRequest, trusted_proxies: Sequence[IPNetwo
 
 
 class IpWhitelistCheck:
-    """The resolved client address must be in one of the allowed networks."""
+    """The client address (``InboundRequest.client_ip``) must be in one of the allowed networks."""
 
-    __slots__ = ("networks", "trusted_proxies")
+    __slots__ = ("networks",)
 
-    def __init__(
-        self, networks: Sequence[IPNetwork], trusted_proxies: Sequence[IPNetwork] = ()
-    ) -> None:
+    def __init__(self, networks: Sequence[IPNetwork]) -> None:
         self.networks = tuple(networks)
-        self.trusted_proxies = tuple(trusted_proxies)
 
     def __call__(self, request: InboundRequest) -> None:
-        client = resolve_client_ip(request, self.trusted_proxies)
+        client = request.client_ip
         address = parse_address(client)
         if address is None or not _within(address, self.networks):
             raise CheckFailed(f"IP {client[:64]} not in whitelist")
 
 
-def build_ip_whitelist(
-    value: object, trusted_proxies: Sequence[IPNetwork] = ()
-) -> IpWhitelistCheck:
+def build_ip_whitelist(value: object) -> IpWhitelistCheck:
     """Build the ``ip_whitelist`` check from a non-empty list of addresses and CIDR ranges."""
     networks = _parse_networks("ip_whitelist", value)
     if not networks:
         raise ConfigError("ip_whitelist: must list at least one address or CIDR range")
-    return IpWhitelistCheck(networks, trusted_proxies)
+    return IpWhitelistCheck(networks)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict, deque
-from collections.abc import Sequence
 
 from cwm.auth._config import (
     optional_choice,
@@ -25,7 +24,6 @@ from cwm.auth._config import (
     require_mapping,
 )
 from cwm.auth.base import CheckFailed
-from cwm.auth.ip import IPNetwork, resolve_client_ip
 from cwm.errors import ConfigError
 from cwm.request import InboundRequest
 
@@ -49,7 +47,6 @@ class RateLimitCheck:
         "_max_clients",
         "max_requests",
         "per",
-        "trusted_proxies",
         "window_seconds",
     )
 
@@ -58,7 +55,6 @@ class RateLimitCheck:
         max_requests: int,
         window_seconds: float,
         per: str = "webhook",
-        trusted_proxies: Sequence[IPNetwork] = (),
         max_clients: int = DEFAULT_MAX_CLIENTS,
     ) -> None:
         if max_requests < 1 or max_clients < 1:
@@ -66,7 +62,6 @@ class RateLimitCheck:
         self.max_requests = max_requests
         self.window_seconds = window_seconds
         self.per = per
-        self.trusted_proxies = tuple(trusted_proxies)
         self._max_clients = max_clients
         # Key -> times of accepted requests, oldest first; least recently seen key first.
         self._logs: OrderedDict[str, deque[float]] = OrderedDict()
@@ -77,9 +72,7 @@ class RateLimitCheck:
         return len(self._logs)
 
     def _key(self, request: InboundRequest) -> str:
-        if self.per == "client_ip":
-            return resolve_client_ip(request, self.trusted_proxies)
-        return ""
+        return request.client_ip if self.per == "client_ip" else ""
 
     def _log(self, key: str) -> deque[float]:
         log = self._logs.get(key)
@@ -117,7 +110,6 @@ MAX_REQUESTS_LIMIT = 100_000
 
 def build_rate_limit(
     value: object,
-    trusted_proxies: Sequence[IPNetwork] = (),
     *,
     max_clients: int = DEFAULT_MAX_CLIENTS,
 ) -> RateLimitCheck:
@@ -138,4 +130,4 @@ def build_rate_limit(
         )
     window_seconds = optional_number(_KEY, options, "window_seconds", 60.0, allow_zero=False)
     per = optional_choice(_KEY, options, "per", _PER) or "webhook"
-    return RateLimitCheck(max_requests, window_seconds, per, trusted_proxies, max_clients)
+    return RateLimitCheck(max_requests, window_seconds, per, max_clients)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 
+from cwm.auth.ip import IPNetwork, resolve_client_ip
 from cwm.request import InboundRequest
 
 Values = Mapping[str, str | Sequence[str]]
@@ -23,9 +25,14 @@ def inbound(
     body: bytes = b"{}",
     peer_ip: str = "192.0.2.10",
     received_at: float = 1_700_000_000.0,
+    trusted_proxies: Sequence[IPNetwork] = (),
 ) -> InboundRequest:
-    """A POST to a webhook with the given parts (header names lower-cased, as the receiver does)."""
-    return InboundRequest(
+    """A POST to a webhook with the given parts (header names lower-cased, as the receiver does).
+
+    ``client_ip`` is resolved with ``trusted_proxies``, as the pipeline does once
+    it knows the webhook.
+    """
+    request = InboundRequest(
         method="POST",
         path="/webhook/ns/hook",
         body=body,
@@ -34,3 +41,4 @@ def inbound(
         headers=_lists(headers, lower=True),
         query=_lists(query, lower=False),
     )
+    return replace(request, client_ip=resolve_client_ip(request, trusted_proxies))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import ipaddress
 from typing import Any
 
@@ -122,7 +124,7 @@ def test_build_checks_trusted_proxies_and_client_ip() -> None:
     assert checks.trusted_proxies == (ipaddress.ip_network("10.0.0.0/8"),)
     request = make_request("10.1.1.1", {"X-Forwarded-For": "198.51.100.7"})
     assert checks.client_ip(request) == "198.51.100.7"
-    checks.checks[0](request)
+    checks.checks[0](replace(request, client_ip=checks.client_ip(request)))  # as the pipeline does
     assert checks.client_ip(make_request("203.0.113.1", {"X-Forwarded-For": "1.1.1.1"})) == (
         "203.0.113.1"
     )

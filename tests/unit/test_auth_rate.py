@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import pytest
 
 from cwm.auth.base import CheckFailed
-from cwm.auth.ip import parse_trusted_proxies
+from cwm.auth.ip import IPNetwork, parse_trusted_proxies
 from cwm.auth.rate import DEFAULT_MAX_CLIENTS, RateLimitCheck, build_rate_limit
 from cwm.errors import ConfigError
 from cwm.request import InboundRequest
@@ -17,9 +17,12 @@ T0 = 1_700_000_000.0
 
 
 def make_request(
-    received_at: float, peer_ip: str = "192.0.2.10", headers: Mapping[str, str] | None = None
+    received_at: float,
+    peer_ip: str = "192.0.2.10",
+    headers: Mapping[str, str] | None = None,
+    proxies: Sequence[IPNetwork] = (),
 ) -> InboundRequest:
-    return inbound(headers, peer_ip=peer_ip, received_at=received_at)
+    return inbound(headers, peer_ip=peer_ip, received_at=received_at, trusted_proxies=proxies)
 
 
 def refused(check: RateLimitCheck, request: InboundRequest) -> CheckFailed:
@@ -115,10 +118,10 @@ def test_rate_limit_per_client_ip_isolated() -> None:
 def test_rate_limit_per_client_ip_uses_trusted_proxy_headers() -> None:
     """per client_ip behind a trusted proxy keys on the forwarded client."""
     proxies = parse_trusted_proxies(["10.0.0.0/8"])
-    check = build_rate_limit({"max_requests": 1, "per": "client_ip"}, proxies)
-    check(make_request(T0, "10.0.0.1", {"X-Forwarded-For": "198.51.100.1"}))
-    check(make_request(T0, "10.0.0.1", {"X-Forwarded-For": "198.51.100.2"}))
-    refused(check, make_request(T0, "10.0.0.2", {"X-Forwarded-For": "198.51.100.1"}))
+    check = build_rate_limit({"max_requests": 1, "per": "client_ip"})
+    check(make_request(T0, "10.0.0.1", {"X-Forwarded-For": "198.51.100.1"}, proxies))
+    check(make_request(T0, "10.0.0.1", {"X-Forwarded-For": "198.51.100.2"}, proxies))
+    refused(check, make_request(T0, "10.0.0.2", {"X-Forwarded-For": "198.51.100.1"}, proxies))
 
 
 def test_rate_limit_per_client_ip_untrusted_forwarded_ignored() -> None:

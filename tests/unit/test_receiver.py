@@ -119,6 +119,13 @@ def harness() -> Harness:
             },
             "broken": {"module": "nope"},
             "unset_env": {"module": "rec", "authorization": "Bearer {$NOT_SET}"},
+            "proxied": {
+                "module": "rec",
+                "trusted_proxies": ["127.0.0.0/8", "::1/128"],
+                "ip_whitelist": ["198.51.100.7"],
+                "rate_limit": {"max_requests": 1, "per": "client_ip"},
+                "module-config": {"name": "proxied"},
+            },
             "_comment": "not an entry",
         }
     )
@@ -322,6 +329,16 @@ def test_unexpected_error_is_500_json_without_traceback(harness: Harness, logged
     assert b"internal detail" not in body and b"Traceback" not in body
     assert len(logged_failures) == 1
     logged_failures.clear()
+
+
+def test_client_ip_behind_a_trusted_proxy_reaches_checks_and_module(harness: Harness) -> None:
+    """The pipeline resolves the client once: the whitelist, the per-client rate limit and the module see it."""
+    forwarded = {"X-Forwarded-For": "198.51.100.7"}
+    assert harness.post("/webhook/proxied", headers=forwarded)[0] == 200
+    assert harness.modules["proxied"].events[-1].client_ip == "198.51.100.7"
+    code, body, _ = harness.post("/webhook/proxied", headers={"X-Forwarded-For": "6.6.6.6"})
+    assert (code, body) == (401, {"detail": "IP 6.6.6.6 not in whitelist"})
+    assert harness.post("/webhook/proxied", headers=forwarded)[0] == 429  # keyed on the forwarded client
 
 
 def test_module_refusal_is_its_4xx_without_retry_after(harness: Harness) -> None:
