@@ -29,3 +29,8 @@ class HTTPError(Exception):
         self.status = status
         self.detail = detail
         self.headers: Mapping[str, str] = headers or {}
+
+    @property
+    def reason(self) -> str:
+        """The client-safe reason (the ``detail`` of the answer)."""
+        return self.detail

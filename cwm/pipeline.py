@@ -19,7 +19,6 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from cwm.auth.base import CheckFailed
 from cwm.body import parse_body
 from cwm.config.model import DEFAULT_NAMESPACE, namespace_problem, webhook_id_problem
 from cwm.config.store import ConfigStore, Webhook
@@ -132,16 +131,12 @@ class WebhookPipeline:
         return found
 
     def _verify(self, webhook: Webhook, request: InboundRequest) -> Any:
-        try:
-            for check in webhook.checks.checks:
-                check(request)
-            payload = parse_body(
-                webhook.entry.data_type, request.body, request.header("content-type")
-            )
-            if webhook.checks.payload_check is not None:
-                webhook.checks.payload_check(request, payload)
-        except CheckFailed as e:
-            raise HTTPError(e.status, e.reason, e.headers) from None
+        """Run the checks and parse the body; a failure (CheckFailed) is an HTTPError as it is."""
+        for check in webhook.checks.checks:
+            check(request)
+        payload = parse_body(webhook.entry.data_type, request.body, request.header("content-type"))
+        if webhook.checks.payload_check is not None:
+            webhook.checks.payload_check(request, payload)
         return payload
 
     async def _dispatch(self, webhook: Webhook, event: WebhookEvent) -> Answer:
@@ -183,12 +178,8 @@ class WebhookPipeline:
         if result is _TIMED_OUT:
             return ACCEPTED
         if isinstance(result, Failure):
-            if result.check(ModuleUnavailable):
-                error = result.value
-                raise HTTPError(503, error.reason, {"Retry-After": str(error.retry_after)})
-            if result.check(ModuleRefused):
-                refused = result.value
-                raise HTTPError(refused.status, refused.reason)
+            if result.check(ModuleUnavailable, ModuleRefused):
+                result.raiseException()  # an HTTPError: 503 with Retry-After, or the 4xx
             self._log.failure(
                 "module {module} failed for {namespace}/{webhook_id}",
                 result,
@@ -207,7 +198,7 @@ class WebhookPipeline:
         if isinstance(result, Failure):
             reason = (
                 result.value.reason
-                if result.check(ModuleUnavailable)
+                if result.check(ModuleUnavailable, ModuleRefused)
                 else f"{result.type.__name__}"
             )
             self._log.error(

@@ -5,11 +5,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Protocol
 
+from cwm.errors import HTTPError
 from cwm.request import InboundRequest
 
 
-class CheckFailed(Exception):
-    """The request did not pass a check.
+class CheckFailed(HTTPError):
+    """The request did not pass a check; the pipeline answers it as it is.
 
     Attributes:
         reason: A precise, client-safe reason (never contains a secret).
@@ -24,10 +25,7 @@ class CheckFailed(Exception):
         status: int = 401,
         headers: Mapping[str, str] | None = None,
     ) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.status = status
-        self.headers: Mapping[str, str] = headers or {}
+        super().__init__(status, reason, headers)
 
 
 class Check(Protocol):

@@ -9,6 +9,8 @@ from typing import IO, Any, Protocol
 from twisted.internet.interfaces import IReactorTime
 from twisted.python.filepath import FilePath
 
+from cwm.errors import HTTPError
+
 
 @dataclass(frozen=True, slots=True)
 class WebhookEvent:
@@ -38,8 +40,8 @@ class WebhookEvent:
     client_ip: str
 
 
-class ModuleUnavailable(Exception):
-    """The module's sink failed or is full: the sender should retry later.
+class ModuleUnavailable(HTTPError):
+    """The module's sink failed or is full: 503, and the sender should retry later.
 
     Attributes:
         reason: Client-safe reason (no secrets, no internal addresses of
@@ -48,12 +50,11 @@ class ModuleUnavailable(Exception):
     """
 
     def __init__(self, reason: str, retry_after: int = 30) -> None:
-        super().__init__(reason)
-        self.reason = reason
+        super().__init__(503, reason, {"Retry-After": str(retry_after)})
         self.retry_after = retry_after
 
 
-class ModuleRefused(Exception):
+class ModuleRefused(HTTPError):
     """The module will never accept this webhook as sent (a 4xx, not worth a retry).
 
     Attributes:
@@ -65,9 +66,7 @@ class ModuleRefused(Exception):
     def __init__(self, status: int, reason: str) -> None:
         if not 400 <= status <= 499:
             raise ValueError("ModuleRefused needs a 4xx status")
-        super().__init__(reason)
-        self.status = status
-        self.reason = reason
+        super().__init__(status, reason)
 
 
 class Module(Protocol):
