@@ -6,8 +6,12 @@ reactor, a socket or a Twisted request.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+
+HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+"""What a header field name may be made of (an RFC 9110 token); use ``fullmatch``."""
 
 
 @dataclass(frozen=True, slots=True)

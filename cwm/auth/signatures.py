@@ -34,7 +34,7 @@ from cwm.auth._config import (
 from cwm.auth._wire import equal, header_bytes, text_bytes
 from cwm.auth.base import CheckFailed
 from cwm.errors import ConfigError
-from cwm.request import InboundRequest
+from cwm.request import HEADER_NAME, InboundRequest
 
 __all__ = ["ALGORITHMS", "ENCODINGS", "PROVIDERS", "HmacCheck", "build_hmac"]
 
@@ -56,8 +56,6 @@ _DEFAULT_HEADER = "X-HMAC-Signature"
 _DEFAULT_TOLERANCE = 300.0
 # The providers that sign a timestamp, so a replay window applies.
 _TIMED_PROVIDERS = ("stripe", "slack", "standard-webhooks")
-# RFC 9110 token: what a header field name may be made of.
-_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _HEX = re.compile(r"[0-9A-Fa-f]+")
 _TIMESTAMP = re.compile(r"[0-9]{1,15}")
 _WHSEC_PREFIX = "whsec_"
@@ -319,7 +317,7 @@ def build_hmac(value: object) -> HmacCheck:
     secrets = _secrets(options)
     header_override = options.get("header") is not None
     header = optional_text(_KEY, options, "header", _DEFAULT_HEADER)
-    if not _HEADER_NAME.fullmatch(header):
+    if not HEADER_NAME.fullmatch(header):
         raise ConfigError(f"{_KEY}: header is not a valid HTTP header name")
     algorithm = optional_choice(_KEY, options, "algorithm", tuple(ALGORITHMS), fold_case=True)
     encoding = optional_choice(_KEY, options, "encoding", ENCODINGS, fold_case=True)

@@ -25,7 +25,7 @@ from cwm.auth._config import (
 from cwm.auth._wire import equal, header_bytes, header_text, text_bytes
 from cwm.auth.base import CheckFailed
 from cwm.errors import ConfigError
-from cwm.request import InboundRequest
+from cwm.request import HEADER_NAME, InboundRequest
 
 __all__ = [
     "AuthorizationCheck",
@@ -44,8 +44,6 @@ _MAX_AUTHORIZATION = 8192
 # Longer query values are refused before any comparison.
 _MAX_QUERY_VALUE = 1000
 _FORBIDDEN_CHARS = re.compile(r"[\r\n\x00]")
-# RFC 9110 token: what a header field name may be made of.
-_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _PARAMETER_NAME = re.compile(r"[A-Za-z0-9_.-]{1,100}")
 # Strict base64: the standard alphabet, correct padding, no whitespace.
 _BASE64 = re.compile(r"(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?")
@@ -188,7 +186,7 @@ def build_header_auth(value: object) -> HeaderAuthCheck:
     reject_unknown("header_auth", options, ("api_key", "header_name", "case_sensitive"))
     api_key = required_text("header_auth", options, "api_key")
     header_name = optional_text("header_auth", options, "header_name", "X-API-Key")
-    if not _HEADER_NAME.fullmatch(header_name):
+    if not HEADER_NAME.fullmatch(header_name):
         raise ConfigError("header_auth: header_name is not a valid HTTP header name")
     case_sensitive = optional_bool("header_auth", options, "case_sensitive", False)
     return HeaderAuthCheck(api_key, header_name, case_sensitive)

@@ -35,6 +35,7 @@ from cwm.errors import ConfigError
 from cwm.modules._config import get_str, get_str_list, reject_unknown_keys
 from cwm.modules.base import HTTPClientLike, ModuleContext, ModuleUnavailable, WebhookEvent
 from cwm.modules.ssrf import REFUSAL_REASON, DestinationNotAllowed, is_forbidden_address
+from cwm.request import HEADER_NAME
 
 _KNOWN_KEYS = frozenset(
     {
@@ -85,7 +86,6 @@ _METADATA_HOSTS = frozenset(
     }
 )
 
-_TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 _BAD_VALUE_CHARS = re.compile(r"[\r\n\0\u2028\u2029\x0b\x0c]")
 
 _DRAIN_LIMIT = 1024 * 1024
@@ -360,7 +360,7 @@ def _parse_headers(module_config: Mapping[str, Any]) -> dict[str, str]:
         raise ConfigError("module-config.headers: must be an object of header names to strings")
     headers: dict[str, str] = {}
     for name, value in raw.items():
-        if not isinstance(name, str) or not _TOKEN.match(name):
+        if not isinstance(name, str) or not HEADER_NAME.fullmatch(name):
             raise ConfigError(f"module-config.headers: invalid header name {name!r}")
         if not isinstance(value, str):
             raise ConfigError(f"module-config.headers.{name}: must be a string")
@@ -400,7 +400,7 @@ def _parse_forwarding(module_config: Mapping[str, Any]) -> tuple[bool, frozenset
     names: set[str] = set()
     for name in listed:
         lowered = name.strip().lower()
-        if not _TOKEN.match(lowered):
+        if not HEADER_NAME.fullmatch(lowered):
             raise ConfigError(f"module-config.{key}: invalid header name {name!r}")
         if lowered in _FRAMING or lowered == "host" or _is_proxy_header(lowered):
             raise ConfigError(

@@ -21,6 +21,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http, server
 
+from cwm.request import HEADER_NAME
+
 MAX_HEADERS = 100
 MAX_HEADER_LINE = 16 * 1024
 MAX_HEADER_BYTES = 256 * 1024
@@ -136,7 +138,7 @@ class LimitedChannel(http.HTTPChannel):
         if b":" not in line:
             return "Malformed header line (no ':')"
         name, _, value = line.partition(b":")
-        if not name or name != name.strip() or any(c in name for c in b" \t()<>@,;\\\"/[]?={}"):
+        if not HEADER_NAME.fullmatch(name.decode("latin-1")):
             return "Invalid header name"
         if any(c in value for c in b"\x00\r\n"):
             return "Header value contains CR, LF or NUL"

@@ -533,6 +533,10 @@ def test_non_public_destinations_are_config_errors(url: str) -> None:
             "module-config.allowed_headers: 'Proxy-Authorization' cannot be forwarded",
         ),
         (
+            {"url": "https://a.example/", "headers": {"X-Trailing\n": "v"}},
+            "module-config.headers: invalid header name",
+        ),
+        (
             {"url": "https://a.example/", "allowed_headers": ["bad header"]},
             "module-config.allowed_headers: invalid header name",
         ),
