@@ -15,12 +15,11 @@ from twisted.web.iweb import IRequest
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from cwm.errors import HTTPError
-from cwm.pipeline import Answer, WebhookPipeline
+from cwm.pipeline import OK, Answer, WebhookPipeline
 from cwm.request import InboundRequest
 from cwm.web.limits import json_error_bytes
 
 SERVICE_NAME = "webhook-service"
-_ROOT_BODY = json.dumps({"message": "200 OK"}).encode()
 
 
 def inbound_request(request: IRequest, received_at: float) -> InboundRequest:
@@ -65,7 +64,7 @@ class WebhookReceiver:
 
     @app.route("/", methods=["GET"])
     def root(self, request: IRequest) -> bytes:
-        return _json(request, 200, _ROOT_BODY, {})
+        return _render_answer(OK, request)
 
     @app.route("/health", methods=["GET"])
     def health(self, request: IRequest) -> bytes:
@@ -122,7 +121,7 @@ class WebhookReceiver:
 
 
 def _render_answer(answer: Answer, request: IRequest) -> bytes:
-    return _json(request, answer.status, answer.body, answer.headers)
+    return _json(request, answer.status, answer.body, {})
 
 
 def _render_error(request: IRequest, status: int, detail: str, headers: Mapping[str, str]) -> bytes:
