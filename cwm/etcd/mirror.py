@@ -56,7 +56,6 @@ class PrefixMirror:
         self.reason = ""
         self.snapshots = 0
         self._subscribers: list[Subscriber] = []
-        self._revision_waiters: list[tuple[int, Deferred[int]]] = []
         self._waiters: list[tuple[Callable[[PrefixMirror], bool], Deferred[None]]] = []
 
     def subscribe(self, subscriber: Subscriber) -> None:
@@ -81,7 +80,7 @@ class PrefixMirror:
         self.revision = revision
         self.snapshots += 1
         self._publish(changes, True)
-        self._set_state(SYNCED, "")
+        self._set_state(SYNCED, "")  # wakes the waiters
         return changes
 
     def apply_events(self, changes: Sequence[Change]) -> list[Change]:
@@ -111,18 +110,9 @@ class PrefixMirror:
             self.revision = revision
             self._wake()
 
-    def set_state(self, state: str, reason: str = "") -> None:
-        """Called by the watch: STARTING, SYNCED or STALE, with why."""
-        self._set_state(state, reason)
-
     def when_revision(self, revision: int) -> Deferred[int]:
         """Fires with the mirror's revision once it is at least ``revision``."""
-        d: Deferred[int] = Deferred()
-        if self.revision >= revision:
-            d.callback(self.revision)
-            return d
-        self._revision_waiters.append((revision, d))
-        return d
+        return self.when(lambda m: m.revision >= revision).addCallback(lambda _: self.revision)
 
     def when(self, predicate: Callable[[PrefixMirror], bool]) -> Deferred[None]:
         """Fires once ``predicate(self)`` holds, checked after every change of state or data."""
@@ -132,6 +122,10 @@ class PrefixMirror:
         else:
             self._waiters.append((predicate, d))
         return d
+
+    def set_state(self, state: str, reason: str = "") -> None:
+        """Called by the watch: STARTING, SYNCED or STALE, with why."""
+        self._set_state(state, reason)
 
     def _set_state(self, state: str, reason: str) -> None:
         if state != self.state:
@@ -151,13 +145,8 @@ class PrefixMirror:
                 subscriber(changes, snapshot)
             except Exception:
                 self._log.failure("an etcd mirror subscriber failed")
-        self._wake()
 
     def _wake(self) -> None:
-        self._wake_predicates()
-        self._wake_revisions()
-
-    def _wake_predicates(self) -> None:
         if self._waiters:
             pending = self._waiters
             self._waiters = []
@@ -166,10 +155,3 @@ class PrefixMirror:
                     waiter.callback(None)
                 else:
                     self._waiters.append((predicate, waiter))
-
-    def _wake_revisions(self) -> None:
-        ready = [(r, d) for r, d in self._revision_waiters if self.revision >= r]
-        if ready:
-            self._revision_waiters = [(r, d) for r, d in self._revision_waiters if self.revision < r]
-            for _, d in ready:
-                d.callback(self.revision)
