@@ -121,7 +121,6 @@ class FileConfigSource(Service):
         self._remove_signal: Callable[[], None] | None = None
         self._poll: LoopingCall | None = None
         self.last_reload: float | None = None
-        self.reloads = 0
 
     @property
     def errors(self) -> list[str]:
@@ -159,8 +158,7 @@ class FileConfigSource(Service):
                 f.document = f.read()
                 f.error = None
             except _Unreadable as e:
-                f.error = str(e)
-                f.document = f.document  # keep the last good document
+                f.error = str(e)  # f.document keeps the last good version
                 self._log.error(
                     "{why}: {reason}; the last good {label} configuration keeps serving",
                     why=why,
@@ -173,7 +171,6 @@ class FileConfigSource(Service):
         )
         self._store.mark_loaded()
         self.last_reload = self._clock.seconds()
-        self.reloads += 1
         serving, valid_connections = self._store.counts()
         self._log.info(
             "configuration {state} ({why}): {webhooks} webhooks, {connections} connections, "
