@@ -450,6 +450,15 @@ class EtcdClient:
                 continue
             raise error
 
+    def forget_token(self) -> None:
+        """The next call or watch authenticates again first.
+
+        A simple token expires once unused for its TTL, and an open watch
+        stream does not use it: after a stream ends, its token may be gone.
+        """
+        if self.options.username:
+            self._token = None
+
     def authenticate(self) -> None:
         """Fetch a new token for the configured user; every later call and new watch carries it.
 

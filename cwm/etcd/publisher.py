@@ -146,7 +146,8 @@ class LeasedPublisher(Service):
             for key, value in self._published.items():
                 client.put(key, value, self.lease_id)
         except Exception as error:
-            self._drop_client()
+            # The client is kept: its calls fail over between endpoints and
+            # renew an expired token themselves; the next tick tries again.
             self._log_from_thread(
                 "keeping the etcd lease alive failed: {error}", error=f"{type(error).__name__}: {error}"
             )

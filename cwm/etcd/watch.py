@@ -41,6 +41,8 @@ class WatchClient(Protocol):
 
     def authenticate(self) -> None: ...
 
+    def forget_token(self) -> None: ...
+
     def range_prefix(self, prefix: bytes) -> tuple[Sequence[Any], int]: ...
 
     def open_watch(self, prefix: bytes, start_revision: int) -> WatchStreamLike: ...
@@ -302,8 +304,15 @@ class PrefixWatch(Service):
             reason=reason,
             delay=delay,
         )
-        # A new client after a failure: the next endpoint, a fresh channel.
-        self._thd_drop_client()
+        # The client is kept: its calls fail over between endpoints themselves
+        # (a stream that found its endpoint unavailable makes the next open
+        # check it first) and gRPC reconnects its channel; a new client would
+        # start again at the first endpoint. Its token may have expired while
+        # the stream held it unused, so the next call authenticates first.
+        with self._lock:
+            client = self._client
+        if client is not None:
+            client.forget_token()
         self._step = self._thd_resume_step()
         self._stopping.wait(delay)
 

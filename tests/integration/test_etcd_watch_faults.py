@@ -160,6 +160,10 @@ class RecordingClient:
         self._probe.note("authenticate")
         self._client.authenticate()
 
+    def forget_token(self) -> None:
+        self._probe.note("forget_token")
+        self._client.forget_token()
+
     def range_prefix(self, prefix: bytes) -> tuple[Sequence[Any], int]:
         self._probe.note("range")
         return self._client.range_prefix(prefix)

@@ -89,8 +89,8 @@ def test_without_ttl_keys_persist_and_nothing_is_revoked() -> None:
     assert etcd.keys == {b"/k": (b"v", 0)} and etcd.leases == {}
 
 
-def test_keepalive_failure_drops_the_client_and_logs() -> None:
-    """A failed keep-alive is logged on the reactor and the next step uses a new client."""
+def test_keepalive_failure_keeps_the_client_and_logs() -> None:
+    """A failed keep-alive is logged on the reactor; the same client (which fails over itself) tries again."""
     clients: list[FakeEtcd] = []
 
     def factory() -> FakeEtcd:
@@ -100,12 +100,15 @@ def test_keepalive_failure_drops_the_client_and_logs() -> None:
     reactor = Reactor()
     publisher = LeasedPublisher(factory, reactor, ttl=10)
     publisher.thd_put(b"/k", b"v")
+    working = clients[0].lease_keepalive
 
     def broken(lease_id: int) -> int:
         raise ConnectionError("etcd went away")
 
     clients[0].lease_keepalive = broken  # type: ignore[method-assign]
     publisher.thd_keepalive()
-    assert clients[0].closed == 1 and "etcd went away" in str(reactor.calls[-1])
-    publisher.thd_keepalive()  # a fresh client: the old lease is unknown there, so re-register
-    assert len(clients) == 2 and clients[1].keys[b"/k"][0] == b"v"
+    assert clients[0].closed == 0 and "etcd went away" in str(reactor.calls[-1])
+    clients[0].lease_keepalive = working  # type: ignore[method-assign]
+    lease = publisher.lease_id
+    publisher.thd_keepalive()  # etcd answers again: the same lease lives on
+    assert len(clients) == 1 and publisher.lease_id == lease and clients[0].keys[b"/k"][0] == b"v"

@@ -186,6 +186,9 @@ class ScriptedClient:
     def authenticate(self) -> None:
         self.calls.append(("authenticate",))
 
+    def forget_token(self) -> None:
+        self.calls.append(("forget_token",))
+
     def range_prefix(self, prefix: bytes) -> tuple[Sequence[Any], int]:
         self.calls.append(("range", prefix))
         snapshot = self.snapshots.pop(0)
@@ -266,8 +269,9 @@ def test_watch_snapshot_then_events_then_progress() -> None:
     assert client.calls[:2] == [("range", b"/p/"), ("watch", 8)]
     assert watch.mirror.entries.keys() == {b"/p/a", b"/p/b"}
     assert watch.mirror.revision == 15
-    # The stream ended by itself: resumed from the progress revision + 1.
-    assert client.calls[2] == ("watch", 16)
+    # The stream ended by itself: resumed from the progress revision + 1,
+    # on the same client with its token refreshed first.
+    assert client.calls[2:4] == [("forget_token",), ("watch", 16)]
 
 
 def test_watch_resumes_from_last_event_not_header() -> None:
@@ -361,8 +365,9 @@ def test_watch_unavailable_backs_off_and_goes_stale() -> None:
     states = watch.mirror.states  # type: ignore[attr-defined]
     assert states[:3] == [(SYNCED, ""), (STALE, "no leader"), (SYNCED, "")]
     assert len(delays) == 2  # the error, then the end of the last scripted stream
-    assert client.calls[1:3] == [("watch", 4), ("watch", 4)]
-    assert client.closed >= 1  # a fresh client (next endpoint) after the failure
+    # The same client resumes (its calls fail over between endpoints themselves),
+    # authenticating again first: the token may have expired while unused.
+    assert client.calls[1:4] == [("watch", 4), ("forget_token",), ("watch", 4)]
 
 
 def test_watch_snapshot_failure_before_first_sync_stays_starting() -> None:
