@@ -33,7 +33,7 @@ from cwm.etcd.backoff import Backoff
 from cwm.etcd.client import EtcdClient, EtcdOptions, WatchStream
 from cwm.etcd.mirror import DELETE, PUT, STALE, STARTING, SYNCED, Change, PrefixMirror
 from cwm.etcd.watch import PrefixWatch
-from tests.integration.etcd_server import EtcdServer
+from tests.integration.etcd_server import EtcdServer, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -629,3 +629,27 @@ async def test_stop_is_prompt_and_leaves_no_thread(
         await in_thread(thread.join, 5.0)
     left = watch_related(set(threading.enumerate()) - before)
     assert left == set(), sorted(t.name for t in left)
+
+
+# --- several endpoints ----------------------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_reconnect_keeps_the_client_that_failed_over(
+    etcd: EtcdServer, etcd_prefix: str, subscribe: Any, connect: Any
+) -> None:
+    """ETCD_ENDPOINTS with a dead first member: after a stream failure the watch resumes on the
+    live member with the same client, instead of a new one that starts at the dead member again."""
+    dead = ("127.0.0.1", free_port())
+    two = EtcdOptions(endpoints=(dead, etcd.address), timeout=2.0)
+    sub = subscribe(etcd.address, etcd_prefix, etcd_options=two, retry=backoff())
+    writer = connect(etcd.address)
+    first = await in_thread(writer.put, etcd_prefix.encode() + b"a", b"1")
+    await bounded(sub.mirror.when_revision(first))  # delivered by the watch stream
+    sub.probe.streams[-1].close()  # a network failure on the live member's stream
+    await bounded(sub.when_state(STALE))
+    await bounded(sub.when_state(SYNCED))
+    after = await in_thread(writer.put, etcd_prefix.encode() + b"b", b"1")
+    await bounded(sub.mirror.when_revision(after))
+    assert sub.contents() == {etcd_prefix.encode() + b"a": b"1", etcd_prefix.encode() + b"b": b"1"}
+    assert len(sub.probe.times("connect")) == 1
