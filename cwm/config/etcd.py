@@ -25,6 +25,23 @@ WEBHOOKS = "webhooks"
 CONNECTIONS = "connections"
 INSTANCES = "instances"
 
+
+
+def webhook_key(prefix: str, namespace: str, webhook_id: str) -> str:
+    """Where a webhook entry lives: ``{prefix}{namespace}/webhooks/{webhook_id}``."""
+    return f"{prefix}{namespace}/{WEBHOOKS}/{webhook_id}"
+
+
+def connection_key(prefix: str, name: str) -> str:
+    """Where a connection entry lives: ``{prefix}global/connections/{name}``."""
+    return f"{prefix}{GLOBAL}/{CONNECTIONS}/{name}"
+
+
+def instance_key(prefix: str, instance_id: str) -> str:
+    """Where a running cwm announces itself: ``{prefix}global/instances/{id}``."""
+    return f"{prefix}{GLOBAL}/{INSTANCES}/{instance_id}"
+
+
 # What /health shows for the mirror's state.
 HEALTH = {STARTING: "connecting", SYNCED: "healthy", STALE: "disconnected"}
 

@@ -19,10 +19,10 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from cwm import __version__
+from cwm.config.etcd import instance_key
 from cwm.etcd.publisher import LeasedPublisher, PublisherClient
 
 INSTANCE_TTL = 15
-INSTANCES = "global/instances/"
 
 
 def instance_id() -> str:
@@ -44,7 +44,7 @@ class InstanceRegistration(Service):
         ttl: int = INSTANCE_TTL,
     ) -> None:
         self.instance_id = str(record["id"])
-        self.key = f"{prefix}{INSTANCES}{self.instance_id}".encode()
+        self.key = instance_key(prefix, self.instance_id).encode()
         self._record = json.dumps(dict(record), sort_keys=True).encode()
         self._publisher = LeasedPublisher(client_factory, reactor, ttl=ttl, name="etcd-instance")
 

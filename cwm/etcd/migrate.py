@@ -20,6 +20,7 @@ from twisted.internet.task import Clock
 from twisted.python.filepath import FilePath
 
 from cwm.config.model import namespace_problem
+from cwm.config.etcd import connection_key, webhook_key
 from cwm.config.secrets import SecretRef
 from cwm.config.store import ConfigStore, EntryKey
 from cwm.errors import ConfigError
@@ -48,12 +49,12 @@ def plan(
 ) -> list[tuple[str, str]]:
     """The (key, JSON text) pairs to write; skips ``_comment``-style keys."""
     writes = [
-        (f"{prefix}global/connections/{name}", _canonical(value))
+        (connection_key(prefix, name), _canonical(value))
         for name, value in connections.items()
         if not name.startswith("_")
     ]
     writes += [
-        (f"{prefix}{namespace}/webhooks/{webhook_id}", _canonical(value))
+        (webhook_key(prefix, namespace, webhook_id), _canonical(value))
         for webhook_id, value in webhooks.items()
         if not webhook_id.startswith("_")
     ]
