@@ -25,6 +25,7 @@ from twisted.python.filepath import FilePath
 
 from cwm.config.model import DEFAULT_NAMESPACE
 from cwm.config.store import ConfigStore
+from cwm.errors import ConfigError
 
 POLL_INTERVAL = 0.25
 # A file modified this recently is re-read even when stat looks unchanged:
@@ -32,8 +33,30 @@ POLL_INTERVAL = 0.25
 _RECENT = 2.0
 
 
-class _Unreadable(Exception):
+class Unreadable(ConfigError):
     """The file is missing or is not a JSON object; the reason says which."""
+
+
+def read_document(path: str, label: str) -> tuple[dict[str, Any], bytes]:
+    """Read and parse a config file; the document and the bytes it came from.
+
+    Raises:
+        Unreadable: missing, unreadable, not JSON, or not an object.
+    """
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        raise Unreadable(f"{label} file {path} does not exist") from None
+    except OSError as e:
+        raise Unreadable(f"cannot read {label} file {path}: {e.strerror}") from None
+    try:
+        document = json.loads(data)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise Unreadable(f"{label} file {path} is not valid JSON: {e}") from None
+    if not isinstance(document, dict):
+        raise Unreadable(f"{label} file {path} must hold a JSON object")
+    return document, data
 
 
 @dataclass
@@ -75,20 +98,8 @@ class _WatchedFile:
             return None
 
     def read(self) -> dict[str, Any]:
-        try:
-            with open(self.path.path, "rb") as f:
-                data = f.read()
-        except FileNotFoundError:
-            raise _Unreadable(f"{self.label} file {self.path.path} does not exist") from None
-        except OSError as e:
-            raise _Unreadable(f"cannot read {self.label} file {self.path.path}: {e.strerror}") from None
+        document, data = read_document(self.path.path, self.label)
         self.loaded_hash = hashlib.blake2b(data, digest_size=16).digest()
-        try:
-            document = json.loads(data)
-        except (ValueError, UnicodeDecodeError) as e:
-            raise _Unreadable(f"{self.label} file {self.path.path} is not valid JSON: {e}") from None
-        if not isinstance(document, dict):
-            raise _Unreadable(f"{self.label} file {self.path.path} must hold a JSON object")
         return document
 
 
@@ -157,7 +168,7 @@ class FileConfigSource(Service):
             try:
                 f.document = f.read()
                 f.error = None
-            except _Unreadable as e:
+            except Unreadable as e:
                 f.error = str(e)  # f.document keeps the last good version
                 self._log.error(
                     "{why}: {reason}; the last good {label} configuration keeps serving",

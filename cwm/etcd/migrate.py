@@ -21,6 +21,7 @@ from twisted.python.filepath import FilePath
 
 from cwm.config.model import namespace_problem
 from cwm.config.etcd import connection_key, webhook_key
+from cwm.config.files import read_document
 from cwm.config.secrets import SecretRef
 from cwm.config.store import ConfigStore, EntryKey
 from cwm.errors import ConfigError
@@ -89,14 +90,8 @@ def _canonical(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"))
 
 
-def _load(path: str | None) -> dict[str, Any]:
-    if path is None:
-        return {}
-    with open(path, encoding="utf-8") as f:
-        document = json.load(f)
-    if not isinstance(document, dict):
-        raise ConfigError(f"{path} must hold a JSON object")
-    return document
+def _load(path: str | None, label: str) -> dict[str, Any]:
+    return {} if path is None else read_document(path, label)[0]
 
 
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None, out: TextIO = sys.stdout) -> int:
@@ -116,7 +111,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         problem = namespace_problem(namespace)
         if problem:
             raise ConfigError(f"invalid --namespace={namespace!r}: {problem}")
-        webhooks, connections = _load(args.webhooks), _load(args.connections)
+        webhooks, connections = _load(args.webhooks, "webhooks"), _load(args.connections, "connections")
     except (ConfigError, OSError, ValueError) as e:
         out.write(f"error: {e}\n")
         return 2
