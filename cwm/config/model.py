@@ -200,7 +200,7 @@ def parse_webhook_entry(
 
 
 _ENTRY_KEYS = frozenset(
-    {"module", "module-config", "data_type", "connection", "response_timeout", "trusted_proxies"}
+    {"module", "module-config", "data_type", "connection", "response_timeout"}
 )
 
 
