@@ -19,6 +19,7 @@ from twisted.internet.testing import MemoryReactor
 from twisted.python import usage
 from twisted.python.filepath import FilePath
 
+from cwm.config.model import DEFAULT_NAMESPACE, namespace_problem
 from cwm.config.vault import VaultSettings
 from cwm.errors import ConfigError
 
@@ -64,7 +65,6 @@ class Settings:
         listen: A strports server endpoint description (``tcp:8000``).
         webhooks_file: Path of webhooks.json.
         connections_file: Path of connections.json.
-        config_backend: ``file`` (``etcd`` comes with its own issue).
         file_watching: Reload the files when they change on disk.
         reload_debounce: Seconds a changed file must stay unchanged before it
             is read.
@@ -79,7 +79,6 @@ class Settings:
     listen: str
     webhooks_file: FilePath
     connections_file: FilePath
-    config_backend: str
     file_watching: bool
     reload_debounce: float
     max_body_bytes: int
@@ -91,7 +90,12 @@ class Settings:
     @property
     def default_namespace(self) -> str:
         """The namespace ``POST /webhook/{id}`` uses."""
-        return self.etcd.namespace if self.etcd is not None else "default"
+        return self.etcd.namespace if self.etcd is not None else DEFAULT_NAMESPACE
+
+    @property
+    def config_backend(self) -> str:
+        """``file`` or ``etcd``."""
+        return "file" if self.etcd is None else "etcd"
 
 
 def _boolean(text: str) -> bool:
@@ -210,7 +214,6 @@ def parse_settings(
         connections_file=source.get(
             "connections", "CONNECTIONS_CONFIG_FILE", path, path("connections.json")
         ),
-        config_backend=backend,
         file_watching=source.get(None, "CONFIG_FILE_WATCHING_ENABLED", _boolean, False),
         reload_debounce=source.get(
             None, "CONFIG_RELOAD_DEBOUNCE_SECONDS", _number(0.0, 3600.0), 3.0
@@ -246,8 +249,6 @@ def _prefix(text: str) -> str:
 
 
 def _namespace(text: str) -> str:
-    from cwm.config.model import namespace_problem
-
     problem = namespace_problem(text)
     if problem:
         raise ValueError(problem)
@@ -280,7 +281,7 @@ def _etcd_settings(source: _Source, cwd: str) -> EtcdSettings:
     return EtcdSettings(
         endpoints=endpoints,
         prefix=source.get(None, "ETCD_PREFIX", _prefix, "/cwm/"),
-        namespace=source.get(None, "ETCD_NAMESPACE", _namespace, "default"),
+        namespace=source.get(None, "ETCD_NAMESPACE", _namespace, DEFAULT_NAMESPACE),
         username=username,
         password=password,
         ca_cert=source.get(None, "ETCD_CA_CERT", _readable_file(cwd), "") or None,
