@@ -141,7 +141,7 @@ def _etcd_source(settings: Settings, store: ConfigStore, reactor: Any, parent: M
 
     etcd = settings.etcd
     assert etcd is not None
-    options = etcd_client.options_from_settings(etcd)
+    options = etcd.options
 
     def new_client() -> etcd_client.EtcdClient:
         return etcd_client.EtcdClient(options)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import NoReturn, TypeVar
 from urllib.parse import urlsplit
 
@@ -22,6 +22,7 @@ from twisted.python.filepath import FilePath
 from cwm.config.model import DEFAULT_NAMESPACE, namespace_problem
 from cwm.config.vault import VaultSettings
 from cwm.errors import ConfigError
+from cwm.etcd.options import EtcdOptions
 
 T = TypeVar("T")
 
@@ -36,25 +37,15 @@ class EtcdSettings:
     """Where and how to reach etcd (``CONFIG_BACKEND=etcd``).
 
     Attributes:
-        endpoints: ``(host, port)`` pairs, tried in order (``ETCD_ENDPOINTS``,
-            else ``ETCD_HOST``/``ETCD_PORT``).
+        options: The client's endpoints (``ETCD_ENDPOINTS``, else
+            ``ETCD_HOST``/``ETCD_PORT``), TLS files and credentials.
         prefix: Key prefix, always starting and ending with one ``/``.
         namespace: The namespace of ``POST /webhook/{id}``.
-        username: With ``password``, etcd authentication.
-        password: The etcd password (never logged).
-        ca_cert: CA bundle path; TLS when set (or when a client cert is set).
-        cert: Client certificate path (with ``key``).
-        key: Client key path (with ``cert``).
     """
 
-    endpoints: tuple[tuple[str, int], ...]
+    options: EtcdOptions
     prefix: str
     namespace: str
-    username: str | None = None
-    password: str | None = field(default=None, repr=False)
-    ca_cert: str | None = None
-    cert: str | None = None
-    key: str | None = None
 
 
 @dataclass(frozen=True)
@@ -278,15 +269,18 @@ def _etcd_settings(source: _Source, cwd: str) -> EtcdSettings:
     key = source.get(None, "ETCD_KEY", _readable_file(cwd), "") or None
     if (cert is None) != (key is None):
         raise ConfigError("invalid etcd TLS settings: set both ETCD_CERT and ETCD_KEY, or neither")
-    return EtcdSettings(
+    options = EtcdOptions(
         endpoints=endpoints,
-        prefix=source.get(None, "ETCD_PREFIX", _prefix, "/cwm/"),
-        namespace=source.get(None, "ETCD_NAMESPACE", _namespace, DEFAULT_NAMESPACE),
         username=username,
         password=password,
         ca_cert=source.get(None, "ETCD_CA_CERT", _readable_file(cwd), "") or None,
         cert=cert,
         key=key,
+    )
+    return EtcdSettings(
+        options=options,
+        prefix=source.get(None, "ETCD_PREFIX", _prefix, "/cwm/"),
+        namespace=source.get(None, "ETCD_NAMESPACE", _namespace, DEFAULT_NAMESPACE),
     )
 
 

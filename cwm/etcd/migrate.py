@@ -128,9 +128,9 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         for key, _ in writes:
             out.write(f"would write {key}\n")
         return 0
-    from cwm.etcd.client import EtcdClient, EtcdError, options_from_settings
+    from cwm.etcd.client import EtcdClient, EtcdError
 
-    client = EtcdClient(options_from_settings(settings.etcd))
+    client = EtcdClient(settings.etcd.options)
     written = unchanged = 0
     try:
         for key, text in writes:

@@ -22,7 +22,6 @@ from cwm.etcd.client import (
     WatchStream,
     classify,
     classify_cancel_reason,
-    options_from_settings,
     prefix_range_end,
     watch_prefix_request,
 )
@@ -164,21 +163,6 @@ def test_options_hide_the_password_and_know_when_tls() -> None:
     assert "s3cret" not in repr(plain) and not plain.tls
     assert EtcdOptions(endpoints=(("h", 1),), ca_cert="ca.pem").tls
     assert EtcdOptions(endpoints=(("h", 1),), cert="c.pem", key="k.pem").tls
-
-
-class Settings:
-    endpoints = (("a", 1), ("b", 2))
-    username = "app"
-    password = "pw"
-    ca_cert = None
-    cert = None
-    key = None
-
-
-def test_options_from_settings() -> None:
-    options = options_from_settings(Settings(), timeout=2.0)
-    assert options.endpoints == (("a", 1), ("b", 2))
-    assert (options.username, options.password, options.timeout, options.tls) == ("app", "pw", 2.0, False)
 
 
 def test_a_new_client_connects_nowhere_and_a_closed_one_refuses_calls() -> None:

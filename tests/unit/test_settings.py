@@ -91,7 +91,7 @@ def test_etcd_settings_defaults_and_overrides() -> None:
     """The etcd backend reads upstream's ETCD_* variables, plus ETCD_ENDPOINTS for a cluster."""
     s = parse_settings({"config-backend": "etcd"}, {}, "/")
     assert s.etcd is not None
-    assert (s.etcd.endpoints, s.etcd.prefix, s.etcd.namespace) == ((("localhost", 2379),), "/cwm/", "default")
+    assert (s.etcd.options.endpoints, s.etcd.prefix, s.etcd.namespace) == ((("localhost", 2379),), "/cwm/", "default")
     assert s.default_namespace == "default"
     s = parse_settings(
         NO_CLI,
@@ -107,8 +107,9 @@ def test_etcd_settings_defaults_and_overrides() -> None:
         "/",
     )
     assert s.etcd is not None
-    assert (s.etcd.endpoints, s.etcd.prefix, s.default_namespace) == ((("etcd", 2380),), "/config/", "staging")
+    assert (s.etcd.options.endpoints, s.etcd.prefix, s.default_namespace) == ((("etcd", 2380),), "/config/", "staging")
+    assert (s.etcd.options.username, s.etcd.options.password, s.etcd.options.tls) == ("app", "pw", False)
     assert "pw" not in repr(s.etcd)
     s = parse_settings(NO_CLI, {"CONFIG_BACKEND": "etcd", "ETCD_ENDPOINTS": "a:1, b:2,[::1]:3"}, "/")
-    assert s.etcd is not None and s.etcd.endpoints == (("a", 1), ("b", 2), ("::1", 3))
+    assert s.etcd is not None and s.etcd.options.endpoints == (("a", 1), ("b", 2), ("::1", 3))
     assert parse_settings(NO_CLI, {}, "/").etcd is None
