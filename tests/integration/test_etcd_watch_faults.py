@@ -643,9 +643,10 @@ async def test_reconnect_keeps_the_client_that_failed_over(
     dead = ("127.0.0.1", free_port())
     two = EtcdOptions(endpoints=(dead, etcd.address), timeout=2.0)
     sub = subscribe(etcd.address, etcd_prefix, etcd_options=two, retry=backoff())
+    await bounded(sub.when_state(SYNCED))  # the snapshot is done: what follows comes by the stream
     writer = connect(etcd.address)
     first = await in_thread(writer.put, etcd_prefix.encode() + b"a", b"1")
-    await bounded(sub.mirror.when_revision(first))  # delivered by the watch stream
+    await bounded(sub.mirror.when_revision(first))
     sub.probe.streams[-1].close()  # a network failure on the live member's stream
     await bounded(sub.when_state(STALE))
     await bounded(sub.when_state(SYNCED))
