@@ -56,6 +56,7 @@ setup(
         "PyJWT[crypto]>=2.8,<3",
         "jsonschema>=4.21,<5",
         "txredisapi>=1.4.10,<2",
+        "autobahn>=24.4,<26",
         f"grpcio>={GRPC_VERSION},<2",
         f"protobuf>={PROTOBUF_GENCODE},<8",
     ],

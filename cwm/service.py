@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+from dataclasses import replace
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +30,7 @@ from cwm.web.receiver import WebhookReceiver
 if TYPE_CHECKING:
     from cwm.config.resolver import SecretResolver
     from cwm.config.vault import VaultClient
+    from cwm.connect.hub import ConnectHub
 
 Options = ReceiverOptions
 
@@ -82,6 +84,63 @@ def _secrets(settings: Settings, reactor: Any, parent: MultiService) -> SecretRe
     resolver = SecretResolver(client, reactor, ttl=settings.vault.cache_ttl)
     _VaultService(client, resolver, pool).setServiceParent(parent)
     return resolver
+
+
+class _ConnectService(Service):
+    """Runs the Webhook Connect hub; on stop, closes its streams, gives back what they held, then Redis."""
+
+    def __init__(self, hub: ConnectHub, redis: tuple[Any, ...]) -> None:
+        self._hub = hub
+        self._redis = redis
+
+    def startService(self) -> None:
+        super().startService()
+        self._hub.start()
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+
+        def disconnect(_: object) -> Deferred[None]:
+            closing = [connection.disconnect() for connection in self._redis]
+            return DeferredList(closing, consumeErrors=True).addCallback(lambda _: None)
+
+        return self._hub.stop().addCallback(disconnect)
+
+
+def _connect_hub(settings: Settings, reactor: Any, parent: MultiService) -> ConnectHub | None:
+    """Webhook Connect's hub over two Redis connections (commands, the blocking read), or None when off."""
+    if settings.connect is None:
+        return None
+    import txredisapi
+
+    from cwm.connect.buffer import StreamBuffer
+    from cwm.connect.hub import CALL_TIMEOUT, ConnectHub
+
+    address = settings.connect.redis
+    common = {
+        "host": address.host,
+        "port": address.port,
+        "dbid": address.db,
+        "password": address.password,
+        "username": address.username,
+        "ssl_context_factory": address.tls,
+        "connectTimeout": CALL_TIMEOUT,
+        "convertNumbers": False,
+    }
+    commands = txredisapi.lazyConnectionPool(poolsize=2, replyTimeout=2 * CALL_TIMEOUT, **common)
+    reader = txredisapi.lazyConnection(**common)
+    prefix, instance = settings.connect.key_prefix, settings.connect.instance
+    factory = commands._factory  # txredisapi keeps the pool's state there
+
+    def connected() -> bool:
+        # Live, or still making its first connections (the call then waits, bounded).
+        return bool(factory.size) or factory.deferred is not None
+
+    hub = ConnectHub(
+        StreamBuffer(commands, prefix, instance), StreamBuffer(reader, prefix, instance), reactor, instance, connected
+    )
+    _ConnectService(hub, (commands, reader)).setServiceParent(parent)
+    return hub
 
 
 def _sighup_installer(reactor: Any) -> Callable[[Callable[[], None]], Callable[[], None]]:
@@ -184,8 +243,11 @@ def build_receiver(
     )
     top = MultiService()
     # Started in this order, stopped in reverse: the listener stops first,
-    # then the configuration source, then every module closes, then Vault.
+    # then the configuration source, then every module closes, then Webhook
+    # Connect's streams and Redis, then Vault.
     secrets = _secrets(settings, reactor, top)
+    hub = _connect_hub(settings, reactor, top)
+    context = replace(context, connect=hub)
     store = ConfigStore(context, environ, secrets=secrets)
     _StoreService(store, pools).setServiceParent(top)
     if settings.etcd is not None:
@@ -207,13 +269,27 @@ def build_receiver(
                 "secrets_unavailable": [u.as_json() for u in store.unavailable],
             }
         )
+        if hub is not None:
+            connect = hub.status()
+            components["webhook_connect"] = "healthy" if connect["buffer"] else "degraded"
+            config["webhook_connect"] = connect
         if secrets is not None:
             vault = secrets.status()
             components["vault"] = "degraded" if vault["unavailable"] else "healthy"
             config["vault"] = vault
         return True, {"components": components, "config": config}
 
-    receiver = WebhookReceiver(pipeline, reactor, health)
+    from cwm.connect.admin import ConnectAdmin
+    from cwm.connect.api import ConnectStreams
+
+    admin_token = settings.connect.admin_token if settings.connect is not None else None
+    receiver = WebhookReceiver(
+        pipeline,
+        reactor,
+        health,
+        ConnectStreams(hub, reactor).resource(),
+        ConnectAdmin(hub, admin_token, reactor).resource(),
+    )
     site = LimitedSite(receiver.resource(), settings.max_body_bytes, reactor)
     StreamServerEndpointService(serverFromString(reactor, settings.listen), site).setServiceParent(top)
     return top, receiver, site

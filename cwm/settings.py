@@ -8,9 +8,10 @@ names the variable (or option) and the value.
 from __future__ import annotations
 
 import os
+import socket
 import sys
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NoReturn, TypeVar
 from urllib.parse import urlsplit
 
@@ -21,6 +22,7 @@ from twisted.python.filepath import FilePath
 
 from cwm.config.model import DEFAULT_NAMESPACE, namespace_problem
 from cwm.config.vault import VaultSettings
+from cwm.connect.buffer import RedisAddress, parse_redis_url
 from cwm.errors import ConfigError
 from cwm.etcd.options import EtcdOptions
 
@@ -49,6 +51,26 @@ class EtcdSettings:
 
 
 @dataclass(frozen=True)
+class ConnectSettings:
+    """Webhook Connect, cloud side (``WEBHOOK_CONNECT_ENABLED=true``).
+
+    Attributes:
+        redis: Where the buffer lives (``WEBHOOK_CONNECT_REDIS_URL``, else
+            ``REDIS_URL``, else ``redis://localhost:6379/0``).
+        admin_token: ``WEBHOOK_CONNECT_ADMIN_TOKEN``; None leaves the admin
+            API off (403).
+        key_prefix: Prefix of every Redis key (``WEBHOOK_CONNECT_KEY_PREFIX``).
+        instance: This instance's consumer name in Redis; stable across
+            restarts so a restarted instance gives back at once what it held.
+    """
+
+    redis: RedisAddress
+    admin_token: str | None = field(repr=False)
+    key_prefix: str
+    instance: str
+
+
+@dataclass(frozen=True)
 class Settings:
     """The receiver's settings after parsing and validation.
 
@@ -65,6 +87,7 @@ class Settings:
         working_dir: Directory relative paths are resolved against.
         etcd: The etcd settings when the backend is etcd, else None.
         vault: The Vault settings when Vault references are enabled, else None.
+        connect: Webhook Connect's settings when it is enabled, else None.
     """
 
     listen: str
@@ -77,6 +100,7 @@ class Settings:
     working_dir: FilePath
     etcd: EtcdSettings | None = None
     vault: VaultSettings | None = None
+    connect: ConnectSettings | None = None
 
     @property
     def default_namespace(self) -> str:
@@ -200,6 +224,9 @@ def parse_settings(
     return Settings(
         etcd=_etcd_settings(source, cwd) if backend == "etcd" else None,
         vault=_vault_settings(source, cwd) if _vault_enabled(source) else None,
+        connect=_connect_settings(source, environ, listen)
+        if source.get(None, "WEBHOOK_CONNECT_ENABLED", _boolean, False)
+        else None,
         listen=listen,
         webhooks_file=source.get("webhooks", "WEBHOOKS_CONFIG_FILE", path, path("webhooks.json")),
         connections_file=source.get(
@@ -360,6 +387,28 @@ def _vault_settings(source: _Source, cwd: str) -> VaultSettings:
         cache_ttl=source.get(None, "VAULT_CACHE_TTL_SECONDS", _number(0.0, 86400.0), 300.0),
         cache_max_size=source.get(None, "VAULT_CACHE_MAX_SIZE", _integer(0, 1_000_000), 1000),
     )
+
+
+def _connect_settings(source: _Source, environ: Mapping[str, str], listen: str) -> ConnectSettings:
+    name = "WEBHOOK_CONNECT_REDIS_URL" if "WEBHOOK_CONNECT_REDIS_URL" in environ else "REDIS_URL"
+    try:
+        redis = parse_redis_url(environ.get(name, "redis://localhost:6379/0"))
+    except ConfigError as e:
+        raise ConfigError(f"invalid {name}: {e}") from None  # the URL may hold a password
+    token = environ.get("WEBHOOK_CONNECT_ADMIN_TOKEN", "").strip()
+    return ConnectSettings(
+        redis=redis,
+        admin_token=token or None,
+        key_prefix=source.get(None, "WEBHOOK_CONNECT_KEY_PREFIX", _key_prefix, "cwm:wc"),
+        instance=source.get(None, "WEBHOOK_CONNECT_INSTANCE_ID", _key_prefix, f"{socket.gethostname()}:{listen}"),
+    )
+
+
+def _key_prefix(text: str) -> str:
+    text = text.strip()
+    if not text or len(text) > 200 or any(c in text for c in "{} \t\r\n"):
+        raise ValueError("expected 1-200 characters without braces or white space")
+    return text
 
 
 class ReceiverOptions(usage.Options):

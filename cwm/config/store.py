@@ -442,7 +442,7 @@ class ConfigStore:
             return previous  # unchanged: keep its module and its rate-limit state
         checks = build_checks(entry.raw)
         try:
-            module = self._build(entry.module, entry.module_config, context)
+            module = self._build(entry.module, entry.module_config, replace(context, entry=(namespace, webhook_id)))
         except ConfigError as e:
             raise ConfigError(f"module '{entry.module}': {e}") from None
         for warning in entry.warnings:

@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from twisted.internet.defer import Deferred
+
 from cwm.errors import ConfigError
 
 GROUP = "cwm"
@@ -69,7 +71,7 @@ if redis.call('XACK', KEYS[1], ARGV[1], ARGV[2]) == 0 then return {0, 0, ''} end
 local m = entry(KEYS[1], ARGV[2])
 redis.call('XDEL', KEYS[1], ARGV[2])
 if not m then return {0, 0, ''} end
-local n = tonumber(m['n']) + 1
+local n = tonumber(m['n']) + tonumber(ARGV[7])
 if ARGV[4] == '1' or n >= tonumber(ARGV[3]) then
   local id = redis.call('XADD', KEYS[4], '*', 'mid', m['mid'], 'wid', m['wid'], 'seq', m['seq'],
     'n', n, 'env', m['env'], 'reason', ARGV[5], 'at', ARGV[6])
@@ -79,6 +81,68 @@ end
 local id = redis.call('XADD', KEYS[1], '*', 'mid', m['mid'], 'wid', m['wid'], 'exp', m['exp'],
   'seq', m['seq'], 'n', n, 'env', m['env'])
 return {1, n, id}
+"""
+
+# Waiting messages are those after the group's last-delivered id: in-flight
+# ones are at or before it (a requeue moves a message to the tail). Scans at
+# most ARGV[4] waiting entries after the cursor ARGV[3]; returns how many
+# expired and where to go on ('' once the end is reached).
+_EXPIRE_WAITING = _ENTRY + """
+if redis.call('EXISTS', KEYS[1]) == 0 then return {0, ''} end
+local function parse(id)
+  local ms, seq = string.match(id, '^(%d+)-(%d+)$')
+  return tonumber(ms), tonumber(seq)
+end
+local function after(a, b)
+  local am, as = parse(a)
+  local bm, bs = parse(b)
+  return am > bm or (am == bm and as > bs)
+end
+local start = '0-0'
+for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
+  local info = {}
+  for i = 1, #g, 2 do info[g[i]] = g[i + 1] end
+  if info['name'] == ARGV[1] then start = info['last-delivered-id'] end
+end
+if ARGV[3] ~= '' and after(ARGV[3], start) then start = ARGV[3] end
+local found = redis.call('XRANGE', KEYS[1], '(' .. start, '+', 'COUNT', ARGV[4])
+local expired = 0
+for _, e in ipairs(found) do
+  local fields, m = e[2], {}
+  for i = 1, #fields, 2 do m[fields[i]] = fields[i + 1] end
+  if tonumber(m['exp']) <= tonumber(ARGV[2]) then
+    redis.call('XDEL', KEYS[1], e[1])
+    settled(KEYS[2], 'expired', m['wid'])
+    expired = expired + 1
+  end
+end
+if #found < tonumber(ARGV[4]) then return {expired, ''} end
+return {expired, found[#found][1]}
+"""
+
+# The connections of a channel, across instances: id -> JSON with expires_at.
+# Joining drops entries whose instance stopped refreshing them, then refuses
+# past the limit (ARGV[2]).
+_JOIN = """
+local now = tonumber(ARGV[1])
+for _, v in ipairs(redis.call('HVALS', KEYS[1])) do
+  local c = cjson.decode(v)
+  if tonumber(c['expires_at']) < now then redis.call('HDEL', KEYS[1], c['connection_id']) end
+end
+if redis.call('HLEN', KEYS[1]) >= tonumber(ARGV[2]) then return 0 end
+redis.call('HSET', KEYS[1], ARGV[3], ARGV[4])
+return 1
+"""
+
+# Refresh this instance's connections (ARGV: pairs of id, JSON); returns the
+# ids among them an admin asked to disconnect (from any instance).
+_REFRESH = """
+local kicked = {}
+for i = 1, #ARGV, 2 do
+  redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+  if redis.call('HDEL', KEYS[2], ARGV[i]) == 1 then table.insert(kicked, ARGV[i]) end
+end
+return kicked
 """
 
 _EXPIRE = _ENTRY + """
@@ -202,7 +266,7 @@ class ChannelCounts:
 class ChannelKeys:
     """The Redis keys of one channel."""
 
-    __slots__ = ("stream", "sequence", "counts", "by_webhook", "dead")
+    __slots__ = ("stream", "sequence", "counts", "by_webhook", "dead", "clients", "kicks", "tokens")
 
     def __init__(self, prefix: str, channel: str) -> None:
         tag = f"{prefix}:{{{channel}}}"
@@ -211,6 +275,9 @@ class ChannelKeys:
         self.counts = f"{tag}:counts"
         self.by_webhook = f"{tag}:by_webhook"
         self.dead = f"{tag}:dead"
+        self.clients = f"{tag}:clients"
+        self.kicks = f"{tag}:kicks"
+        self.tokens = f"{tag}:tokens"
 
 
 def _fields(flat: list[Any]) -> dict[str, str]:
@@ -264,24 +331,16 @@ class StreamBuffer:
             return None
         return int(seq), str(stream_id)
 
-    async def read(self, channels: dict[str, int], block_ms: int | None = None) -> list[tuple[str, Buffered]]:
-        """Hand up to ``count`` waiting messages of each channel to this consumer.
-
-        Args:
-            channels: channel -> how many messages this instance can take now.
-            block_ms: wait this long for a first message (a dedicated connection
-                should be used for blocking reads), or None not to wait.
-        """
+    def _read_command(self, channels: dict[str, int], block_ms: int | None) -> tuple[list[Any], dict[str, str]]:
         wanted = {c: n for c, n in channels.items() if n > 0}
-        if not wanted:
-            return []
         args: list[Any] = ["XREADGROUP", "GROUP", GROUP, self.consumer, "COUNT", str(max(wanted.values()))]
         if block_ms is not None:
             args += ["BLOCK", str(block_ms)]
         names = list(wanted)
         args += ["STREAMS", *(self.keys(c).stream for c in names), *(">" for _ in names)]
-        reply = await self._redis.execute_command(*args)
-        by_key = {self.keys(c).stream: c for c in names}
+        return args, {self.keys(c).stream: c for c in names}
+
+    def _found(self, reply: Any, by_key: dict[str, str]) -> list[tuple[str, Buffered]]:
         found: list[tuple[str, Buffered]] = []
         for key, entries in reply or []:
             channel = by_key[str(key)]
@@ -290,6 +349,37 @@ class StreamBuffer:
                     continue
                 found.append((channel, self._message(str(stream_id), _fields(flat))))
         return found
+
+    async def read(self, channels: dict[str, int], block_ms: int | None = None) -> list[tuple[str, Buffered]]:
+        """Hand up to ``count`` waiting messages of each channel to this consumer.
+
+        Args:
+            channels: channel -> how many messages this instance can take now.
+            block_ms: wait this long for a first message (a dedicated connection
+                should be used for blocking reads), or None not to wait.
+        """
+        if not any(n > 0 for n in channels.values()):
+            return []
+        args, by_key = self._read_command(channels, block_ms)
+        return self._found(await self._redis.execute_command(*args), by_key)
+
+    def read_blocking(
+        self, channels: dict[str, int], block_ms: int
+    ) -> tuple[Deferred[str], Deferred[list[tuple[str, Buffered]]]]:
+        """A blocking ``read`` on this buffer's own connection, and that connection's client id.
+
+        Both commands are written at once, CLIENT ID first, so once the id is
+        known Redis has the read: ``CLIENT UNBLOCK`` with that id (from another
+        connection) then wakes it.
+        """
+        args, by_key = self._read_command(channels, block_ms)
+        client_id: Deferred[Any] = self._redis.execute_command("CLIENT", "ID")
+        reply: Deferred[Any] = self._redis.execute_command(*args)
+        return client_id.addCallback(str), reply.addCallback(self._found, by_key)
+
+    async def unblock(self, client_id: str) -> None:
+        """Wake the blocking read of the connection ``client_id`` (it returns nothing)."""
+        await self._redis.execute_command("CLIENT", "UNBLOCK", client_id)
 
     @staticmethod
     def _message(stream_id: str, f: dict[str, str]) -> Buffered:
@@ -317,13 +407,18 @@ class StreamBuffer:
         reason: str,
         now: float,
         dead: bool = False,
+        counted: bool = True,
     ) -> Outcome:
-        """A delivery failed: requeue the message at the tail, or dead-letter it."""
+        """A delivery failed: requeue the message at the tail, or dead-letter it.
+
+        ``counted=False`` puts back a message that was read but never sent
+        to anyone (its delivery count stays as it was).
+        """
         k = self.keys(channel)
         state, deliveries, new_id = await self._redis.eval(
             _GIVE_BACK,
             [k.stream, k.counts, k.by_webhook, k.dead],
-            [GROUP, stream_id, str(max_deliveries), "1" if dead else "0", reason, repr(now)],
+            [GROUP, stream_id, str(max_deliveries), "1" if dead else "0", reason, repr(now), "1" if counted else "0"],
         )
         name = {0: "gone", 1: "requeued", 2: "dead_lettered"}[int(state)]
         return Outcome(name, int(deliveries), str(new_id))
@@ -355,20 +450,71 @@ class StreamBuffer:
             if start == "0-0":
                 return outcomes
 
-    async def expire_waiting(self, channel: str, now: float, count: int = 100) -> int:
-        """Drop expired messages among the oldest ``count`` waiting ones; how many were dropped."""
+    async def held_by_me(self, channel: str, count: int = 1000) -> list[str]:
+        """Stream ids this consumer holds in flight (after a restart: left by the previous process)."""
         k = self.keys(channel)
-        entries = await self._redis.execute_command("XRANGE", k.stream, "-", "+", "COUNT", str(count))
-        dropped = 0
-        for stream_id, flat in entries or []:
-            if flat is None or float(_fields(flat).get("exp", "inf")) > now:
-                continue
-            pending = await self._redis.execute_command(
-                "XPENDING", k.stream, GROUP, str(stream_id), str(stream_id), "1"
-            )
-            if not pending and await self.expire(channel, str(stream_id), now):
-                dropped += 1
-        return dropped
+        reply = await self._redis.execute_command("XPENDING", k.stream, GROUP, "-", "+", str(count), self.consumer)
+        return [str(entry[0]) for entry in reply or []]
+
+    async def expire_waiting(self, channel: str, now: float, cursor: str = "", count: int = 1000) -> tuple[int, str]:
+        """Drop expired messages among up to ``count`` waiting ones after ``cursor``.
+
+        Returns how many were dropped and the cursor to go on from (``""``
+        once the end of the queue was reached: start again from its head).
+        """
+        k = self.keys(channel)
+        expired, after = await self._redis.eval(
+            _EXPIRE_WAITING, [k.stream, k.counts, k.by_webhook], [GROUP, repr(now), cursor, str(count)]
+        )
+        return int(expired), str(after)
+
+    async def join(self, channel: str, connection_id: str, record: dict[str, Any], limit: int, now: float) -> bool:
+        """Record a connection unless the channel already has ``limit`` live ones."""
+        k = self.keys(channel)
+        done = await self._redis.eval(
+            _JOIN, [k.clients], [repr(now), str(limit), connection_id, json.dumps(record)]
+        )
+        return int(done) == 1
+
+    async def leave(self, channel: str, connection_id: str) -> None:
+        k = self.keys(channel)
+        await self._redis.execute_command("HDEL", k.clients, connection_id)
+        await self._redis.execute_command("HDEL", k.kicks, connection_id)
+
+    async def refresh(self, channel: str, records: dict[str, dict[str, Any]]) -> list[str]:
+        """Keep this instance's connections listed; the ids an admin asked to close."""
+        if not records:
+            return []
+        k = self.keys(channel)
+        args: list[str] = []
+        for connection_id, record in records.items():
+            args += [connection_id, json.dumps(record)]
+        kicked = await self._redis.eval(_REFRESH, [k.clients, k.kicks], args)
+        return [str(c) for c in kicked or []]
+
+    async def connections(self, channel: str, now: float) -> list[dict[str, Any]]:
+        """The channel's live connections on every instance."""
+        k = self.keys(channel)
+        values = await self._redis.execute_command("HVALS", k.clients)
+        records = [json.loads(v) for v in values or []]
+        return sorted(
+            (r for r in records if float(r.get("expires_at", 0)) >= now),
+            key=lambda r: (r.get("connected_at", 0), r.get("connection_id", "")),
+        )
+
+    async def kick(self, channel: str, connection_id: str) -> None:
+        """Ask whichever instance holds the connection to close it."""
+        k = self.keys(channel)
+        await self._redis.execute_command("HSET", k.kicks, connection_id, "1")
+
+    async def tokens(self, channel: str) -> dict[str, str]:
+        """The channel's rotated-token fields (empty if never rotated)."""
+        k = self.keys(channel)
+        return _fields(await self._redis.execute_command("HGETALL", k.tokens) or [])
+
+    async def store_tokens(self, channel: str, fields: list[str]) -> None:
+        k = self.keys(channel)
+        await self._redis.execute_command("HSET", k.tokens, *fields)
 
     async def counts(self, channel: str) -> ChannelCounts:
         k = self.keys(channel)
@@ -413,12 +559,23 @@ class StreamBuffer:
             letters.append(envelope)
         return letters
 
-    async def replay(self, channel: str, ttl_seconds: float, now: float, ids: list[str] | None = None) -> int:
-        """Move dead letters (all, or those ``ids``) back to the channel; how many moved."""
+    async def replay(
+        self, channel: str, ttl_seconds: float, now: float, message_ids: list[str] | None = None
+    ) -> tuple[int, list[str]]:
+        """Move dead letters (all, or those with these message ids) back to the channel.
+
+        Returns how many moved and which of ``message_ids`` were not found.
+        Each starts again with no deliveries and a fresh ``ttl_seconds``.
+        """
         k = self.keys(channel)
-        if ids is None:
-            entries = await self._redis.execute_command("XRANGE", k.dead, "-", "+")
-            ids = [str(stream_id) for stream_id, _ in entries or []]
+        entries = await self._redis.execute_command("XRANGE", k.dead, "-", "+")
+        by_message = {_fields(flat).get("mid", ""): str(stream_id) for stream_id, flat in entries or []}
+        missing: list[str] = []
+        if message_ids is None:
+            ids = list(by_message.values())
+        else:
+            ids = [by_message[m] for m in message_ids if m in by_message]
+            missing = [m for m in message_ids if m not in by_message]
         moved = 0
         for start in range(0, len(ids), 500):
             batch = ids[start : start + 500]
@@ -429,7 +586,7 @@ class StreamBuffer:
                     [repr(now + ttl_seconds), "", *batch],
                 )
             )
-        return moved
+        return moved, missing
 
     async def purge(self, channel: str) -> int:
         """Delete every dead letter of the channel; how many there were."""

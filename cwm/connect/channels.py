@@ -33,6 +33,7 @@ _KEYS = frozenset(
         "max_deliveries",
         "max_message_size",
         "forward_credentials",
+        "heartbeat_interval_seconds",
     }
 )
 MAX_MESSAGE_SIZE = 10 * 1024 * 1024
@@ -52,6 +53,7 @@ class ChannelConfig:
     max_deliveries: int = 5
     max_message_size: int = MAX_MESSAGE_SIZE
     forward_credentials: bool = False
+    heartbeat_interval_seconds: int = 30
 
 
 def _whole(config: Mapping[str, Any], key: str, default: int, low: int, high: int) -> int:
@@ -95,6 +97,7 @@ def parse_channel_config(config: Mapping[str, Any]) -> ChannelConfig:
         max_deliveries=_whole(config, "max_deliveries", 5, 1, 1000),
         max_message_size=_whole(config, "max_message_size", MAX_MESSAGE_SIZE, 1024, 64 * 1024 * 1024),
         forward_credentials=forward,
+        heartbeat_interval_seconds=_whole(config, "heartbeat_interval_seconds", 30, 1, 3600),
     )
 
 

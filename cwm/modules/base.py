@@ -104,6 +104,9 @@ class ModuleContext:
         working_dir: The directory relative paths are resolved against and
             the default confinement root of ``save_to_disk``.
         connections: Validated connections.json entries by name.
+        connect: The Webhook Connect hub (``cwm.connect.hub.ConnectHub``), or
+            None when Webhook Connect is off.
+        entry: (namespace, webhook_id) of the entry the module is built for.
     """
 
     clock: IReactorTime
@@ -112,6 +115,8 @@ class ModuleContext:
     http_unguarded: HTTPClientLike
     working_dir: FilePath
     connections: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    connect: Any = None
+    entry: tuple[str, str] | None = None
 
 
 ModuleFactory = Callable[[Mapping[str, Any], ModuleContext], Module]

@@ -20,6 +20,7 @@ _FACTORIES: Mapping[str, str] = MappingProxyType(
         "log": "cwm.modules.log:build",
         "save_to_disk": "cwm.modules.disk:build",
         "http_webhook": "cwm.modules.http_forward:build",
+        "webhook_connect": "cwm.connect.module:build",
     }
 )
 """Module name (as in ``webhooks.json``) to ``"package.module:function"``."""

@@ -1,4 +1,4 @@
-"""The receiver's HTTP surface: thin Klein routes and the one place errors become JSON."""
+"""The receiver's HTTP surface: thin Klein routes; Webhook Connect's are mounted under it."""
 
 from __future__ import annotations
 
@@ -7,17 +7,14 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from klein import Klein
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
-from twisted.logger import Logger
-from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
-from werkzeug.exceptions import HTTPException, MethodNotAllowed
+from twisted.web.resource import IResource
 
-from cwm.errors import HTTPError
 from cwm.pipeline import OK, Answer, WebhookPipeline
 from cwm.request import InboundRequest
-from cwm.web.limits import json_error_bytes
+from cwm.web.errors import install_json_errors, json_answer
 
 SERVICE_NAME = "webhook-service"
 
@@ -47,17 +44,21 @@ class WebhookReceiver:
     """Routes of ``twistd cwm``; each reads the request, calls one method, answers."""
 
     app = Klein()
-    _log = Logger()
 
     def __init__(
         self,
         pipeline: WebhookPipeline,
         clock: IReactorTime,
         health: Callable[[], tuple[bool, Mapping[str, Any]]],
+        connect: IResource,
+        connect_admin: IResource,
     ) -> None:
+        """``connect`` and ``connect_admin`` serve ``/connect/`` and ``/admin/webhook-connect/``."""
         self._pipeline = pipeline
         self._clock = clock
         self._health = health
+        self._connect = connect
+        self._connect_admin = connect_admin
 
     def resource(self) -> Any:
         return self.app.resource()
@@ -75,7 +76,7 @@ class WebhookReceiver:
             "timestamp": self._clock.seconds(),
         }
         body.update(components)
-        return _json(request, 200 if healthy else 503, json.dumps(body).encode(), {})
+        return json_answer(request, 200 if healthy else 503, json.dumps(body).encode())
 
     @app.route("/webhook/<webhook_id>", methods=["POST"])
     def webhook(self, request: IRequest, webhook_id: str) -> Deferred[bytes]:
@@ -85,53 +86,22 @@ class WebhookReceiver:
     def namespaced_webhook(self, request: IRequest, namespace: str, webhook_id: str) -> Deferred[bytes]:
         return self._serve(request, namespace, webhook_id)
 
+    @app.route("/connect/", branch=True)
+    def connect(self, request: IRequest) -> IResource:
+        return self._connect
+
+    @app.route("/admin/webhook-connect/", branch=True)
+    def connect_admin(self, request: IRequest) -> IResource:
+        return self._connect_admin
+
     def _serve(self, request: IRequest, namespace: str | None, webhook_id: str) -> Deferred[bytes]:
         inbound = inbound_request(request, self._clock.seconds())
         d = Deferred.fromCoroutine(self._pipeline.handle(namespace, webhook_id, inbound))
         return d.addCallback(_render_answer, request)
 
-    @app.handle_errors(HTTPError)
-    def _http_error(self, request: IRequest, failure: Failure) -> bytes:
-        error = failure.value
-        assert isinstance(error, HTTPError)
-        return _render_error(request, error.status, error.detail, error.headers)
 
-    @app.handle_errors(HTTPException)
-    def _routing_error(self, request: IRequest, failure: Failure) -> bytes:
-        error = failure.value
-        assert isinstance(error, HTTPException)
-        code = error.code or 500
-        headers: dict[str, str] = {}
-        if code == 404:
-            detail = "Not Found"
-        elif isinstance(error, MethodNotAllowed):
-            allowed = ", ".join(error.valid_methods or ())
-            detail = f"Method {request.method.decode('ascii', 'replace')} not allowed; use {allowed}"
-            headers["Allow"] = allowed
-        else:
-            detail = error.description or error.name
-        return _render_error(request, code, detail, headers)
-
-    @app.handle_errors(Exception)
-    def _unexpected(self, request: IRequest, failure: Failure) -> bytes | None:
-        if failure.check(CancelledError):
-            return None  # the client went away; nobody to answer
-        self._log.failure("unexpected error answering {path}", failure, path=request.path)
-        return _render_error(request, 500, "Internal server error", {})
+install_json_errors(WebhookReceiver.app)
 
 
 def _render_answer(answer: Answer, request: IRequest) -> bytes:
-    return _json(request, answer.status, answer.body, {})
-
-
-def _render_error(request: IRequest, status: int, detail: str, headers: Mapping[str, str]) -> bytes:
-    return _json(request, status, json_error_bytes(detail), headers)
-
-
-def _json(request: IRequest, status: int, body: bytes, headers: Mapping[str, str]) -> bytes:
-    request.setResponseCode(status)
-    request.setHeader(b"Content-Type", b"application/json")
-    request.setHeader(b"Content-Length", b"%d" % (len(body),))
-    for name, value in headers.items():
-        request.setHeader(name.encode("latin-1"), value.encode("latin-1"))
-    return body
+    return json_answer(request, answer.status, answer.body)

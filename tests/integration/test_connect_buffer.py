@@ -94,6 +94,9 @@ async def test_nack_requeues_then_dead_letters_at_max_deliveries(buffers: tuple[
     a, b = buffers
     await a.ensure_channel("ch")
     await publish(a, 1)
+    [(_, unsent)] = await a.read({"ch": 5})
+    back = await a.give_back("ch", unsent.stream_id, 3, "no capacity", NOW, counted=False)
+    assert (back.state, back.deliveries) == ("requeued", 0)  # never sent: not a delivery
     for attempt in range(1, 3):
         [(_, m)] = await (a if attempt % 2 else b).read({"ch": 5})
         assert m.delivery_count == attempt - 1
@@ -122,7 +125,7 @@ async def test_nack_without_retry_dead_letters_then_replay_and_purge(buffers: tu
         assert (await a.give_back("ch", m.stream_id, 5, "target answered 400", NOW, dead=True)).state == "dead_lettered"
     letters = await a.dead_letters("ch")
     assert [x["sequence"] for x in letters] == [3, 2, 1]
-    assert await a.replay("ch", 60, NOW, [letters[0]["dead_letter_id"]]) == 1
+    assert await a.replay("ch", 60, NOW, [letters[0]["message_id"], "msg_nope"]) == (1, ["msg_nope"])
     [(_, again)] = await a.read({"ch": 5})
     assert again.sequence == 3 and again.delivery_count == 0 and again.expires_at == NOW + 60
     assert await a.purge("ch") == 2
@@ -153,17 +156,56 @@ async def test_expired_messages_are_dropped_and_counted(buffers: tuple[StreamBuf
     await a.ensure_channel("ch")
     await publish(a, 1, ttl=10)
     await publish(a, 2, ttl=1000)
-    assert await a.expire_waiting("ch", NOW + 5) == 0
-    assert await a.expire_waiting("ch", NOW + 20) == 1
+    assert await a.expire_waiting("ch", NOW + 5) == (0, "")
+    assert await a.expire_waiting("ch", NOW + 20) == (1, "")
     [(_, left)] = await a.read({"ch": 5})
     assert left.sequence == 2
     # In flight, it is left alone by the sweep of waiting messages even once expired.
-    assert await a.expire_waiting("ch", NOW + 2000) == 0
+    assert await a.expire_waiting("ch", NOW + 2000) == (0, "")
     assert (await a.counts("ch")).in_flight == 1
     assert await a.expire("ch", left.stream_id, NOW + 20) is False  # not expired yet
     assert await a.expire("ch", left.stream_id, NOW + 2000) is True
     counts = await a.counts("ch")
     assert (counts.expired, counts.queued, counts.in_flight, counts.pending_by_webhook) == (2, 0, 0, {})
+
+
+@pytest_twisted.ensureDeferred
+async def test_expiry_sweep_goes_on_from_its_cursor_and_skips_in_flight(
+    buffers: tuple[StreamBuffer, StreamBuffer],
+) -> None:
+    a, _ = buffers
+    await a.ensure_channel("ch")
+    for n in range(1, 8):
+        await publish(a, n, ttl=10 if n != 4 else 1000)
+    taken = await a.read({"ch": 2})  # 1 and 2 in flight: never expired by the sweep
+    assert [m.sequence for _, m in taken] == [1, 2]
+    first = await a.expire_waiting("ch", NOW + 20, count=3)  # 3, 4 (kept), 5
+    assert first[0] == 2 and first[1] != ""
+    second = await a.expire_waiting("ch", NOW + 20, cursor=first[1], count=3)  # 6, 7, end
+    assert second == (2, "")
+    counts = await a.counts("ch")
+    assert (counts.queued, counts.in_flight, counts.expired) == (1, 2, 4)
+
+
+@pytest_twisted.ensureDeferred
+async def test_connections_are_limited_across_instances_and_expire(buffers: tuple[StreamBuffer, StreamBuffer]) -> None:
+    a, b = buffers
+
+    def record(cid: str, expires: float) -> dict[str, Any]:
+        return {"connection_id": cid, "connected_at": NOW, "expires_at": expires}
+
+    assert await a.join("ch", "c1", record("c1", NOW + 30), 2, NOW)
+    assert await b.join("ch", "c2", record("c2", NOW + 30), 2, NOW)
+    assert not await b.join("ch", "c3", record("c3", NOW + 30), 2, NOW)
+    assert [c["connection_id"] for c in await b.connections("ch", NOW)] == ["c1", "c2"]
+    # a stops refreshing c1 (its instance died): once it is stale, c3 gets in.
+    await b.kick("ch", "c2")
+    assert await b.refresh("ch", {"c2": record("c2", NOW + 60)}) == ["c2"]
+    assert await b.refresh("ch", {"c2": record("c2", NOW + 60)}) == []  # asked once
+    assert await b.join("ch", "c3", record("c3", NOW + 90), 2, NOW + 40)
+    assert [c["connection_id"] for c in await a.connections("ch", NOW + 40)] == ["c2", "c3"]
+    await a.leave("ch", "c3")
+    assert [c["connection_id"] for c in await a.connections("ch", NOW + 40)] == ["c2"]
 
 
 @pytest_twisted.ensureDeferred
@@ -211,6 +253,14 @@ async def test_messages_survive_a_redis_restart(fresh_redis: RedisServer) -> Non
         assert [x.sequence for _, x in rest] == [2, 3, 4, 5]
     finally:
         await conn.disconnect()
+
+
+@pytest_twisted.ensureDeferred
+async def test_rotated_tokens_are_shared(buffers: tuple[StreamBuffer, StreamBuffer]) -> None:
+    a, b = buffers
+    assert await a.tokens("ch") == {}
+    await a.store_tokens("ch", ["current", "t2", "previous", "t1"])
+    assert await b.tokens("ch") == {"current": "t2", "previous": "t1"}
 
 
 def test_redis_url() -> None:

@@ -23,6 +23,7 @@ MODULE_FILES = {
     "log": "cwm.modules.log",
     "save_to_disk": "cwm.modules.disk",
     "http_webhook": "cwm.modules.http_forward",
+    "webhook_connect": "cwm.connect.module",
 }
 
 
@@ -38,7 +39,7 @@ def make_context(working_dir: Path) -> ModuleContext:
 
 
 def test_known_modules() -> None:
-    """The three first modules are registered under upstream's names."""
+    """The modules built so far are registered under upstream's names."""
     assert registry.known_modules() == frozenset(MODULE_FILES)
 
 
@@ -82,6 +83,13 @@ def test_build_module_builds_each_registered_module(
     module = registry.build_module(name, config, make_context(tmp_path))
     assert type(module).__name__ == kind
     assert callable(module.deliver) and callable(module.close)
+
+
+def test_webhook_connect_needs_webhook_connect_enabled(tmp_path: Path) -> None:
+    """With Webhook Connect off, a webhook_connect entry is rejected with the way to turn it on."""
+    config = {"channel": "ch", "channel_token": "t"}
+    with pytest.raises(ConfigError, match=r"^Webhook Connect is off: set WEBHOOK_CONNECT_ENABLED=true"):
+        registry.build_module("webhook_connect", config, make_context(tmp_path))
 
 
 def test_build_module_passes_config_errors_through(tmp_path: Path) -> None:

@@ -18,8 +18,15 @@ from cwm.errors import ConfigError
 from cwm.modules.base import ModuleContext, ModuleRefused, ModuleUnavailable, WebhookEvent
 from cwm.pipeline import WebhookPipeline
 from cwm.web.receiver import WebhookReceiver
+from cwm.connect.admin import ConnectAdmin
+from cwm.connect.api import ConnectStreams
 
 _sync = SynchronousTestCase()
+
+
+def connect_off(clock: Clock) -> tuple[Any, Any]:
+    """The Webhook Connect mounts of a receiver with Webhook Connect off."""
+    return ConnectStreams(None, clock).resource(), ConnectAdmin(None, None, clock).resource()
 
 
 class RecordingModule:
@@ -75,7 +82,9 @@ class Harness:
         self.store.replace_all({"default": webhooks, "other": {"there": {"module": "rec"}}}, {})
         self.store.loaded = True
         self.pipeline = WebhookPipeline(self.store, self.clock, max_in_flight)
-        self.receiver = WebhookReceiver(self.pipeline, self.clock, lambda: (True, {"components": {}}))
+        self.receiver = WebhookReceiver(
+            self.pipeline, self.clock, lambda: (True, {"components": {}}), *connect_off(self.clock)
+        )
         self.treq = StubTreq(self.receiver.resource())
 
     def request(self, method: str, path: str, **kwargs: Any) -> tuple[int, Any, Any]:
@@ -180,6 +189,26 @@ def test_unknown_path_is_404_json(harness: Harness) -> None:
     """Unknown paths answer JSON, not Klein's HTML."""
     assert harness.request("GET", "/nowhere")[:2] == (404, {"detail": "Not Found"})
     assert harness.post("/webhook/a/b/c")[:2] == (404, {"detail": "Not Found"})
+
+
+@pytest.mark.parametrize(
+    "method, path, status, detail",
+    [
+        ("GET", "/connect/stream/ch/sse", 503, "Webhook Connect not initialized"),
+        ("GET", "/connect/stream/ch/poll", 503, "Webhook Connect not initialized"),
+        ("POST", "/connect/ack?message_id=m", 503, "Webhook Connect not initialized"),
+        ("GET", "/admin/webhook-connect/health", 503, "Webhook Connect not initialized"),
+        (
+            "GET",
+            "/admin/webhook-connect/channels",
+            403,
+            "Admin API disabled. Set WEBHOOK_CONNECT_ADMIN_TOKEN environment variable.",
+        ),
+    ],
+)
+def test_connect_routes_answer_503_when_off(harness: Harness, method: str, path: str, status: int, detail: str) -> None:
+    code, body, _ = harness.request(method, path)
+    assert (code, body) == (status, {"detail": detail})
 
 
 def test_root_and_health(harness: Harness) -> None:
@@ -321,7 +350,7 @@ def test_unexpected_error_is_500_json_without_traceback(harness: Harness, logged
     def broken() -> tuple[bool, Mapping[str, Any]]:
         raise KeyError("internal detail")
 
-    receiver = WebhookReceiver(harness.pipeline, harness.clock, broken)
+    receiver = WebhookReceiver(harness.pipeline, harness.clock, broken, *connect_off(harness.clock))
     treq = StubTreq(receiver.resource())
     response = _sync.successResultOf(treq.get("http://cwm.test/health"))
     body = _sync.successResultOf(response.content())

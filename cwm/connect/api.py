@@ -1,0 +1,427 @@
+"""Webhook Connect's connector-facing routes, mounted at ``/connect/``.
+
+- ``GET /connect/stream/{channel}``: WebSocket (autobahn); acks and nacks in band.
+- ``GET /connect/stream/{channel}/sse``: Server-Sent Events; each event's
+  ``id:`` is the message's stream position, and a reconnect with
+  ``Last-Event-ID`` takes over what the previous stream had sent.
+- ``GET /connect/stream/{channel}/poll``: long-poll; what it returns stays
+  in flight until acked (or until the ack timeout), so it can be acked.
+- ``POST /connect/ack`` and ``GET /connect/status/{channel}``.
+
+The channel token comes from ``Authorization: Bearer`` or ``?token=`` (the
+header wins). Every refusal is JSON with the reason: 401 token, 404 channel,
+422 parameter, 503 with Retry-After for ``max_connections`` or Redis.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+from typing import Any
+
+from autobahn.twisted.resource import WebSocketResource
+from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from klein import Klein
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.protocol import connectionDone
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.iweb import IRequest
+
+from cwm.connect.buffer import Buffered, ChannelCounts
+from cwm.connect.hub import RESUME_GRACE, Channel, ConnectHub, ConnectUnavailable, Connection, NotInFlight, iso
+from cwm.errors import HTTPError
+from cwm.web.errors import install_json_errors, json_answer
+
+UNAVAILABLE_RETRY_AFTER = 5
+FULL_RETRY_AFTER = 5
+MAX_CLIENT_FRAME = 64 * 1024
+
+
+def not_initialized() -> HTTPError:
+    return HTTPError(503, "Webhook Connect not initialized")
+
+
+def unavailable() -> HTTPError:
+    return HTTPError(503, "Webhook Connect buffer unavailable", {"Retry-After": str(UNAVAILABLE_RETRY_AFTER)})
+
+
+def channel_stats(channel: Channel, counts: ChannelCounts, connections: list[dict[str, Any]]) -> dict[str, Any]:
+    """Upstream's ChannelStats, from Redis (so every instance agrees)."""
+    return {
+        "channel": channel.name,
+        "messages_queued": counts.queued,
+        "messages_in_flight": counts.in_flight,
+        "messages_delivered": counts.delivered,
+        "messages_expired": counts.expired,
+        "messages_dead_lettered": counts.dead_lettered,
+        "dead_letters": counts.dead_letters,
+        "connected_clients": len(connections),
+    }
+
+
+def request_header(request: IRequest, name: bytes) -> str | None:
+    value = request.getHeader(name)
+    return value.decode("latin-1") if isinstance(value, bytes) else value
+
+
+def query_arg(request: IRequest, name: str) -> str | None:
+    values = (request.args or {}).get(name.encode())
+    return values[0].decode("utf-8", "replace") if values else None
+
+
+def bounded_arg(request: IRequest, name: str, default: int, low: int, high: int) -> int:
+    raw = query_arg(request, name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = low - 1
+    if not low <= value <= high:
+        raise HTTPError(422, f"{name}: expected a whole number from {low} to {high}")
+    return value
+
+
+def bearer(value: str | None) -> str:
+    """The token of an Authorization value (``Bearer `` removed when present)."""
+    if not value:
+        return ""
+    value = value.strip()
+    return value[7:].strip() if value[:7].lower() == "bearer " else value
+
+
+def _remote(request: IRequest) -> str:
+    return getattr(request.getClientAddress(), "host", "unix")
+
+
+class _SSE:
+    """One open event stream: events, idle heartbeats, and its end."""
+
+    def __init__(self, request: IRequest, clock: IReactorTime, heartbeat: float) -> None:
+        self._request = request
+        self._clock = clock
+        self._heartbeat = heartbeat
+        self.done: Deferred[None] = Deferred()
+        self.ended_by_server = False
+        self._beat: IDelayedCall | None = clock.callLater(heartbeat, self._idle)
+        finished: Deferred[None] = request.notifyFinish()  # type: ignore[attr-defined]
+        finished.addBoth(lambda _: self._stop())
+
+    def event(self, name: str, data: Any, event_id: str | None = None) -> None:
+        if self.done.called:
+            return
+        lines = f"id: {event_id}\n" if event_id else ""
+        lines += f"event: {name}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
+        self._request.write(lines.encode())
+        if self._beat is not None and self._beat.active():
+            self._beat.reset(self._heartbeat)
+
+    def send(self, messages: list[Buffered]) -> None:
+        for message in messages:
+            self.event("webhook", message.wire(), message.stream_id)
+
+    def close(self, reason: str) -> None:
+        self.event("error", {"error": reason})
+        self.ended_by_server = True
+        self._stop()
+
+    def _idle(self) -> None:
+        self._beat = None
+        if not self.done.called:
+            self.event("heartbeat", {"timestamp": iso(self._clock.seconds())})
+            self._beat = self._clock.callLater(self._heartbeat, self._idle)
+
+    def _stop(self) -> None:
+        if self._beat is not None and self._beat.active():
+            self._beat.cancel()
+        self._beat = None
+        if not self.done.called:
+            self.done.callback(None)
+
+
+class _Poll:
+    """Collects what one long-poll is handed, until the first batch or the timeout."""
+
+    def __init__(self, clock: IReactorTime, timeout: float) -> None:
+        self._clock = clock
+        self.messages: list[Buffered] = []
+        self.done: Deferred[list[Buffered]] = Deferred()
+        self._timer: IDelayedCall | None = clock.callLater(timeout, self._finish)
+
+    def add(self, messages: list[Buffered]) -> None:
+        first = not self.messages
+        self.messages.extend(messages)
+        if first and self._timer is not None and self._timer.active():
+            # Answer on the next turn, with whatever else this read hands over.
+            self._timer.reset(0)
+
+    def close(self, reason: str) -> None:
+        self._finish()
+
+    def _finish(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        if not self.done.called:
+            self.done.callback(self.messages)
+
+
+class ChannelSocket(WebSocketServerProtocol):
+    """One connector's WebSocket: wire messages out; ack, nack and heartbeat frames in."""
+
+    _log = Logger()
+    factory: ChannelSocketFactory
+
+    def onOpen(self) -> None:
+        f = self.factory
+        self._beat: IDelayedCall | None = None
+        self._send_json({"type": "connected", "connection_id": f.connection.id, "channel": f.connection.channel,
+                         "timestamp": iso(f.clock.seconds())})
+        f.hub.attach(f.connection, self._send_batch, self._close_by_server)
+        self._beat = f.clock.callLater(f.heartbeat, self._heartbeat)
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        f = self.factory
+        try:
+            frame = json.loads(payload)
+            kind = frame.get("type") if isinstance(frame, dict) else None
+        except ValueError:
+            kind = None
+            frame = {}
+        f.connection.last_activity = f.clock.seconds()
+        if kind in ("ack", "nack") and isinstance(frame.get("message_id"), str):
+            retry = frame.get("retry", True)
+            reason = frame.get("reason") if isinstance(frame.get("reason"), str) else ""
+            d = Deferred.fromCoroutine(
+                f.hub.settle(f.connection, frame["message_id"], kind == "ack", retry is not False, reason[:200])
+            )
+            d.addErrback(self._settle_failed, frame["message_id"])
+        elif kind != "heartbeat":
+            self._send_json({"type": "error", "error": "expected a JSON frame of type ack, nack or heartbeat"})
+
+    def _settle_failed(self, failure: Any, message_id: str) -> None:
+        if failure.check(NotInFlight):
+            return  # an ack for a message this connection does not hold: ignored
+        if failure.check(ConnectUnavailable):
+            self._log.warn("ack of {message_id} not recorded: Redis unavailable; it is redelivered later",
+                           message_id=message_id)
+            return
+        self._log.failure("settling {message_id} failed", failure, message_id=message_id)
+
+    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        self._stop_heartbeat()
+        self.factory.hub.disconnect(self.factory.connection, hold=0)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        super().connectionLost(reason)
+        self._stop_heartbeat()
+        self.factory.hub.disconnect(self.factory.connection, hold=0)
+
+    def _stop_heartbeat(self) -> None:
+        beat = getattr(self, "_beat", None)
+        if beat is not None and beat.active():
+            beat.cancel()
+        self._beat = None
+
+    def _heartbeat(self) -> None:
+        now = self.factory.clock.seconds()
+        self._send_json({"type": "heartbeat", "timestamp": iso(now), "server_time": now})
+        self._beat = self.factory.clock.callLater(self.factory.heartbeat, self._heartbeat)
+
+    def _send_json(self, frame: dict[str, Any]) -> None:
+        self.sendMessage(json.dumps(frame, separators=(",", ":")).encode())
+
+    def _send_batch(self, messages: list[Buffered]) -> None:
+        for message in messages:
+            self._send_json(message.wire())
+
+    def _close_by_server(self, reason: str) -> None:
+        self.sendClose(4000, reason[:120])
+
+
+class ChannelSocketFactory(WebSocketServerFactory):
+    """Builds the protocol of one already-authorised connection."""
+
+    protocol = ChannelSocket  # type: ignore[assignment]
+
+    def __init__(self, hub: ConnectHub, connection: Connection, clock: IReactorTime, heartbeat: float) -> None:
+        super().__init__()
+        self.hub = hub
+        self.connection = connection
+        self.clock = clock
+        self.heartbeat = heartbeat
+        # A peer that stops answering pings is dropped (no silent half-open stream).
+        self.setProtocolOptions(
+            autoPingInterval=heartbeat,
+            autoPingTimeout=max(5.0, heartbeat),
+            maxMessagePayloadSize=MAX_CLIENT_FRAME,
+            maxFramePayloadSize=MAX_CLIENT_FRAME,
+            openHandshakeTimeout=10,
+            closeHandshakeTimeout=5,
+        )
+
+
+class ConnectStreams:
+    """The routes under ``/connect/``."""
+
+    app = Klein()
+
+    def __init__(self, hub: ConnectHub | None, clock: IReactorTime) -> None:
+        self._hub_or_none = hub
+        self._clock = clock
+
+    def resource(self) -> Any:
+        return self.app.resource()
+
+    def _hub(self) -> ConnectHub:
+        if self._hub_or_none is None:
+            raise not_initialized()
+        return self._hub_or_none
+
+    async def _authorized(self, request: IRequest, name: str) -> tuple[ConnectHub, Channel, str]:
+        hub = self._hub()
+        token = bearer(request_header(request, b"authorization")) or (query_arg(request, "token") or "")
+        channel = hub.channel(name)
+        if channel is None:
+            raise HTTPError(404, f"Channel '{name}' not found")
+        if not token:
+            raise HTTPError(401, "Missing channel token (Authorization: Bearer, or ?token=)")
+        try:
+            accepted = await hub.authorize(channel, token)
+        except ConnectUnavailable:
+            raise unavailable() from None
+        if not accepted:
+            raise HTTPError(401, "Invalid channel token")
+        return hub, channel, token
+
+    async def _connect(self, hub: ConnectHub, channel: Channel, protocol: str, request: IRequest, token: str,
+                       window: int) -> Connection:
+        connector_id = (request_header(request, b"x-connector-id") or "").strip()[:128] or "anonymous"
+        try:
+            connection = await hub.connect(channel, protocol, connector_id, _remote(request), token, window)
+        except ConnectUnavailable:
+            raise unavailable() from None
+        if connection is None:
+            raise HTTPError(
+                503,
+                f"Max connections reached ({channel.config.max_connections}) for channel '{channel.name}'",
+                {"Retry-After": str(FULL_RETRY_AFTER)},
+            )
+        return connection
+
+    @app.route("/stream/<channel>", methods=["GET"])
+    async def websocket(self, request: IRequest, channel: str) -> Any:
+        if (request_header(request, b"upgrade") or "").lower() != "websocket":
+            raise HTTPError(426, "This is the WebSocket endpoint: upgrade to WebSocket", {"Upgrade": "websocket"})
+        hub, found, token = await self._authorized(request, channel)
+        connection = await self._connect(hub, found, "websocket", request, token, found.config.max_in_flight)
+        factory = ChannelSocketFactory(hub, connection, self._clock, found.config.heartbeat_interval_seconds)
+        return WebSocketResource(factory)
+
+    @app.route("/stream/<channel>/sse", methods=["GET"])
+    async def sse(self, request: IRequest, channel: str) -> bytes:
+        hub, found, token = await self._authorized(request, channel)
+        connection = await self._connect(hub, found, "sse", request, token, found.config.max_in_flight)
+        request.setHeader(b"Content-Type", b"text/event-stream")
+        request.setHeader(b"Cache-Control", b"no-cache")
+        request.setHeader(b"Connection", b"keep-alive")
+        request.setHeader(b"X-Accel-Buffering", b"no")
+        stream = _SSE(request, self._clock, found.config.heartbeat_interval_seconds)
+        stream.event("connected", {"connection_id": connection.id, "channel": found.name})
+        hub.attach(connection, stream.send, stream.close)
+        last_event_id = (request_header(request, b"last-event-id") or "").strip()
+        if last_event_id:
+            hub.resume(connection, last_event_id)
+        try:
+            await stream.done
+        finally:
+            hub.disconnect(connection, hold=0 if stream.ended_by_server else RESUME_GRACE)
+        return b""
+
+    @app.route("/stream/<channel>/poll", methods=["GET"])
+    async def poll(self, request: IRequest, channel: str) -> bytes:
+        timeout = bounded_arg(request, "timeout", 30, 1, 60)
+        max_messages = bounded_arg(request, "max_messages", 10, 1, 100)
+        hub, found, token = await self._authorized(request, channel)
+        window = min(max_messages, found.config.max_in_flight)
+        connection = await self._connect(hub, found, "long_poll", request, token, window)
+        batch = _Poll(self._clock, timeout)
+        hub.attach(connection, batch.add, batch.close)
+        try:
+            messages = await batch.done
+        except CancelledError:
+            hub.disconnect(connection, hold=0)  # nobody to answer: give them back now
+            raise
+        hub.disconnect(connection, hold=None)  # returned messages wait for their acks
+        if not messages:
+            request.setResponseCode(204)
+            return b""
+        body = {
+            "messages": [m.wire() for m in messages],
+            "connection_id": connection.id,
+            "channel": found.name,
+            "timestamp": iso(self._clock.seconds()),
+        }
+        return json_answer(request, 200, json.dumps(body, separators=(",", ":")).encode())
+
+    @app.route("/ack", methods=["POST"])
+    async def ack(self, request: IRequest) -> bytes:
+        hub = self._hub()
+        message_id = query_arg(request, "message_id")
+        if not message_id:
+            raise HTTPError(422, "message_id: required query parameter")
+        status = query_arg(request, "status") or "ack"
+        if status not in ("ack", "nack"):
+            raise HTTPError(422, "status: expected ack or nack")
+        retry_text = (query_arg(request, "retry") or "true").lower()
+        if retry_text not in ("true", "false"):
+            raise HTTPError(422, "retry: expected true or false")
+        connection_id = request_header(request, b"x-connection-id")
+        if not connection_id:
+            raise HTTPError(422, "X-Connection-ID: required header")
+        token = bearer(request_header(request, b"authorization"))
+        if not token:
+            raise HTTPError(422, "Authorization: required header")
+        connection = hub.connection(connection_id)
+        if connection is None:
+            raise HTTPError(404, "Connection not found")
+        if not hmac.compare_digest(token.encode(), connection.token.encode()):
+            channel = hub.channel(connection.channel)
+            try:
+                accepted = channel is not None and await hub.authorize(channel, token)
+            except ConnectUnavailable:
+                raise unavailable() from None
+            if not accepted:
+                raise HTTPError(401, "Invalid token")
+        reason = (query_arg(request, "reason") or "")[:200]
+        try:
+            outcome = await hub.settle(connection, message_id, status == "ack", retry_text == "true", reason)
+        except NotInFlight:
+            raise HTTPError(404, "Message not in flight") from None
+        except ConnectUnavailable:
+            raise unavailable() from None
+        body = {"status": "ok", "message_id": message_id, "outcome": outcome}
+        return json_answer(request, 200, json.dumps(body).encode())
+
+    @app.route("/status/<channel>", methods=["GET"])
+    async def status(self, request: IRequest, channel: str) -> bytes:
+        hub = self._hub()
+        if not bearer(request_header(request, b"authorization")):
+            raise HTTPError(401, "Missing authorization header")
+        hub, found, _ = await self._authorized(request, channel)
+        try:
+            counts, connections = await hub.counts(found)
+        except ConnectUnavailable:
+            raise unavailable() from None
+        body = {
+            "channel": found.name,
+            "connected": True,
+            "stats": channel_stats(found, counts, connections),
+            "server_time": iso(self._clock.seconds()),
+        }
+        return json_answer(request, 200, json.dumps(body).encode())
+
+
+install_json_errors(ConnectStreams.app)

@@ -1,0 +1,869 @@
+"""Webhook Connect on one cwm instance: channels, connections, and the delivery loop.
+
+Channels come from the configuration: a ``webhook_connect`` entry registers
+its channel when it is built and releases it when it goes away, so a channel
+exists (and a connector may attach) as soon as its config is loaded, whatever
+the backend, and before any webhook arrived.
+
+Messages live in Redis (``StreamBuffer``); this instance only tracks which of
+its connections holds which message:
+
+- **One reader per instance.** A single blocking XREADGROUP, on its own Redis
+  connection, asks each channel for as many messages as its connections here
+  have free in-flight slots (``max_in_flight`` each). A slow connector only
+  fills its own window; nothing waits on it. When a window opens on a channel
+  the current read did not include, the read is woken with CLIENT UNBLOCK.
+- **In flight** until the connector acks or nacks it, or ``ack_timeout_seconds``
+  passes (it is then given back and redelivered, counting as a delivery).
+  ``max_deliveries`` sends it to the dead letters. A connection that goes
+  away gives back what it held: WebSocket at once; SSE after a short grace in
+  which a reconnect with ``Last-Event-ID`` takes them over; long-poll never
+  (what a poll returned stays in flight until acked or timed out).
+- **Several instances** share the Redis: connections are listed there too
+  (refreshed by a sweep, so an instance that died drops out), which enforces
+  ``max_connections`` across instances and gives every instance the same
+  stats. Messages an instance read and never settled (it died) are reclaimed
+  by any instance once idle past the ack timeout.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import deque
+from collections.abc import Callable, Coroutine, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+from twisted.internet.defer import CancelledError, Deferred, DeferredList, TimeoutError
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+import txredisapi
+
+from cwm.connect.buffer import Buffered, ChannelCounts, StreamBuffer
+from cwm.connect.channels import ChannelConfig, TokenState, rotate, token_accepted
+from cwm.etcd.backoff import Backoff
+
+T = TypeVar("T")
+
+CALL_TIMEOUT = 5.0
+"""Seconds any one Redis call may take before the caller gets a 503."""
+READ_BLOCK_MS = 5000
+RESUME_GRACE = 15.0
+"""Seconds an SSE connection's unacked messages wait for a reconnect with Last-Event-ID."""
+RECLAIM_MARGIN = 5.0
+"""Beyond the ack timeout, before another instance takes over a message (its owner's own sweep comes first)."""
+REGISTRY_TTL = 30.0
+"""A connection listed in Redis drops out this long after its instance last refreshed it."""
+TICK_SECONDS = 1.0
+SWEEP_SECONDS = 5.0
+
+# Redis error replies that say "not now" rather than "wrong": worth a retry.
+_TRANSIENT = frozenset({"OOM", "LOADING", "BUSY", "READONLY", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN"})
+
+Owner = tuple[str, str]
+"""(namespace, webhook_id) of the entry that registered a channel."""
+Sink = Callable[[list[Buffered]], None]
+
+
+class ConnectUnavailable(Exception):
+    """Redis did not answer in time, or is not connected: a 503 with Retry-After."""
+
+
+class UnknownConnection(Exception):
+    """No such connection on this instance."""
+
+
+class NotInFlight(Exception):
+    """The connection holds no such message (already settled, timed out, or never sent)."""
+
+
+def iso(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, UTC).isoformat().replace("+00:00", "Z")
+
+
+def _position(stream_id: str) -> tuple[int, int]:
+    ms, _, seq = stream_id.partition("-")
+    try:
+        return int(ms), int(seq or 0)
+    except ValueError:
+        return (-1, -1)
+
+
+@dataclass
+class InFlight:
+    message: Buffered
+    deadline: float
+
+
+class Connection:
+    """One connector's stream (or one long-poll) on this instance."""
+
+    def __init__(
+        self,
+        connection_id: str,
+        channel: str,
+        protocol: str,
+        connector_id: str,
+        remote: str,
+        token: str,
+        connected_at: float,
+        window: int,
+    ) -> None:
+        self.id = connection_id
+        self.channel = channel
+        self.protocol = protocol
+        self.connector_id = connector_id
+        self.remote = remote
+        self.token = token
+        self.connected_at = connected_at
+        self.window = window
+        self.in_flight: dict[str, InFlight] = {}
+        self.sink: Sink | None = None
+        self.closer: Callable[[str], None] | None = None
+        self.held_until: float | None = None  # set once the client has gone
+        self.last_sent = ""
+        self.settled: deque[str] = deque(maxlen=max(16, 2 * window))  # recent stream ids, for resume
+        self.sent = 0
+        self.acked = 0
+        self.nacked = 0
+        self.last_activity = connected_at
+
+    @property
+    def attached(self) -> bool:
+        return self.sink is not None
+
+    def free(self) -> int:
+        return self.window - len(self.in_flight) if self.sink is not None else 0
+
+    def has_seen(self, stream_id: str) -> bool:
+        """Whether this connection sent the message at ``stream_id`` (for Last-Event-ID)."""
+        return (
+            stream_id == self.last_sent
+            or stream_id in self.settled
+            or any(item.message.stream_id == stream_id for item in self.in_flight.values())
+        )
+
+    def record(self, instance: str, expires_at: float) -> dict[str, Any]:
+        """As listed in Redis for every instance."""
+        return {
+            "connection_id": self.id,
+            "connector_id": self.connector_id,
+            "protocol": self.protocol,
+            "instance": instance,
+            "remote_address": self.remote,
+            "connected_at": self.connected_at,
+            "expires_at": expires_at,
+        }
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "connection_id": self.id,
+            "connector_id": self.connector_id,
+            "protocol": self.protocol,
+            "remote_address": self.remote,
+            "connected_at": iso(self.connected_at),
+            "last_activity_at": iso(self.last_activity),
+            "in_flight": len(self.in_flight),
+            "messages_sent": self.sent,
+            "messages_acked": self.acked,
+            "messages_nacked": self.nacked,
+        }
+
+
+@dataclass
+class Channel:
+    """A channel as the configuration of this instance defines it."""
+
+    name: str
+    created_at: float
+    registrations: dict[Owner, ChannelConfig] = field(default_factory=dict)
+    connections: dict[str, Connection] = field(default_factory=dict)
+    ready: bool = False  # its consumer group is known to exist
+    recovered: bool = False  # what this consumer held before a restart was given back
+    expire_cursor: str = ""
+
+    @property
+    def config(self) -> ChannelConfig:
+        return next(reversed(self.registrations.values()))  # the latest registration
+
+    @property
+    def webhook_id(self) -> str:
+        return next(reversed(self.registrations))[1]
+
+    @property
+    def webhook_ids(self) -> list[str]:
+        return sorted({owner[1] for owner in self.registrations})
+
+    def free(self) -> int:
+        return sum(c.free() for c in self.connections.values())
+
+
+class ConnectHub:
+    """Channels and connections of this instance, over a shared ``StreamBuffer``."""
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        buffer: StreamBuffer,
+        reader: StreamBuffer,
+        clock: IReactorTime,
+        instance: str,
+        connected: Callable[[], bool] = lambda: True,
+    ) -> None:
+        """
+        Args:
+            buffer: for every call but the blocking read (a connection pool).
+            reader: on a connection of its own, for the blocking read.
+            clock: the reactor's time.
+            instance: this instance's consumer name in Redis.
+            connected: whether the pool has a live Redis connection now (a
+                publish then fails at once instead of waiting for the timeout).
+        """
+        self._buffer = buffer
+        self._reader = reader
+        self._clock = clock
+        self.instance = instance
+        self._connected = connected
+        self._channels: dict[str, Channel] = {}
+        self._connections: dict[str, Connection] = {}
+        self._running = False
+        self._read: Deferred[Any] | None = None
+        self._reading: frozenset[str] = frozenset()
+        self._reader_client_id: str | None = None
+        self._idle: Deferred[None] | None = None
+        self._unblocking: IDelayedCall | None = None
+        self._tick = LoopingCall(self._expire_local)
+        self._tick.clock = clock
+        self._sweep = LoopingCall(lambda: Deferred.fromCoroutine(self._sweep_redis()))
+        self._sweep.clock = clock
+        self._read_loop: Deferred[None] | None = None
+        self._backoff = Backoff(initial=0.5, maximum=5.0, healthy_reset=10.0)
+        self._pending: set[Deferred[Any]] = set()
+        self.buffer_ok = True
+        self.last_error = ""
+
+    # -- life cycle --------------------------------------------------------
+
+    def start(self) -> None:
+        self._running = True
+        self._tick.start(TICK_SECONDS, now=False)
+        self._sweep.start(SWEEP_SECONDS, now=True)
+        self._read_loop = Deferred.fromCoroutine(self._read_forever())
+        self._read_loop.addErrback(lambda f: self._log.failure("Webhook Connect reader stopped", f))
+
+    def stop(self) -> Deferred[None]:
+        """Close every connection, give back what it held, stop reading."""
+        self._running = False
+        for loop in (self._tick, self._sweep):
+            if loop.running:
+                loop.stop()
+        for connection in list(self._connections.values()):
+            self._close(connection, "server shutting down")
+            self._detach(connection, hold=0)
+        if self._idle is not None:
+            self._idle.cancel()
+        if self._read is not None:
+            self._read.cancel()
+        if self._unblocking is not None and self._unblocking.active():
+            self._unblocking.cancel()
+        waits = list(self._pending)
+        done: Deferred[Any] = DeferredList(waits, consumeErrors=True)
+        return done.addCallback(lambda _: None)
+
+    # -- channels ------------------------------------------------------------
+
+    def register(self, owner: Owner, config: ChannelConfig) -> Callable[[], None]:
+        """A config entry uses ``config.name``; returns the call that releases it.
+
+        Several entries may feed one channel. The latest registration's
+        settings are the channel's; entries that disagree are logged.
+        """
+        channel = self._channels.get(config.name)
+        if channel is None:
+            channel = self._channels[config.name] = Channel(config.name, self._clock.seconds())
+        channel.registrations.pop(owner, None)
+        others = [c for o, c in channel.registrations.items()]
+        channel.registrations[owner] = config
+        if any(other != config for other in others):
+            self._log.warn(
+                "channel {channel!r}: webhook {webhook_id!r} configures it differently from {others}; its settings apply",
+                channel=config.name,
+                webhook_id=owner[1],
+                others=sorted(o[1] for o in channel.registrations if o != owner),
+            )
+        for connection in channel.connections.values():
+            if connection.protocol != "long_poll":
+                connection.window = config.max_in_flight
+        if not channel.ready:
+            self._spawn(self._ensure(channel))
+        self._capacity_changed(channel)
+
+        def release() -> None:
+            current = self._channels.get(config.name)
+            if current is None or current.registrations.get(owner) is not config:
+                return
+            del current.registrations[owner]
+            if not current.registrations:
+                del self._channels[config.name]
+                for connection in list(current.connections.values()):
+                    self._close(connection, "channel removed from the configuration")
+                    self._detach(connection, hold=0)
+
+        return release
+
+    def channel(self, name: str) -> Channel | None:
+        return self._channels.get(name)
+
+    def channels(self) -> list[Channel]:
+        return [self._channels[name] for name in sorted(self._channels)]
+
+    def connection(self, connection_id: str) -> Connection | None:
+        return self._connections.get(connection_id)
+
+    async def _ensure(self, channel: Channel) -> None:
+        """Create the channel's group if needed; the first time, give back what a previous life held."""
+        try:
+            await self._call(self._buffer.ensure_channel(channel.name))
+            if not channel.recovered:
+                # This consumer name is stable across restarts: whatever it
+                # holds now, this process never sent.
+                for stream_id in await self._call(self._buffer.held_by_me(channel.name)):
+                    await self._call(
+                        self._buffer.give_back(
+                            channel.name, stream_id, channel.config.max_deliveries, "instance restarted",
+                            self._clock.seconds(),
+                        )
+                    )
+                channel.recovered = True
+        except ConnectUnavailable:
+            return  # the sweep tries again
+        channel.ready = True
+        self._capacity_changed(channel)
+
+    # -- tokens ----------------------------------------------------------------
+
+    async def token_state(self, channel: Channel) -> TokenState | None:
+        return TokenState.from_redis(await self._call(self._buffer.tokens(channel.name)))
+
+    async def authorize(self, channel: Channel, token: str) -> bool:
+        """Whether ``token`` opens ``channel`` now (the configured or rotated tokens)."""
+        state = await self.token_state(channel)
+        return token_accepted(token, channel.config.token, state, self._clock.seconds())
+
+    async def rotate(self, channel: Channel, grace_seconds: float) -> TokenState:
+        """A new token for the channel, on every instance; the old one works for ``grace_seconds``."""
+        state = await self.token_state(channel)
+        rotated = rotate(channel.config.token, state, self._clock.seconds(), grace_seconds)
+        await self._call(self._buffer.store_tokens(channel.name, rotated.as_redis()))
+        return rotated
+
+    # -- publishing ----------------------------------------------------------
+
+    async def publish(
+        self, config: ChannelConfig, webhook_id: str, message_id: str, envelope: dict[str, Any], now: float
+    ) -> tuple[int, str] | None:
+        """Queue one message; (sequence, stream id), or None when the channel is full.
+
+        Raises:
+            ConnectUnavailable: Redis is not reachable; nothing was stored.
+        """
+        if not self._connected():
+            raise ConnectUnavailable("not connected to Redis")
+        return await self._call(
+            self._buffer.publish(
+                config.name, message_id, webhook_id, now + config.ttl_seconds, envelope, config.max_queue_size
+            )
+        )
+
+    # -- connections ---------------------------------------------------------
+
+    async def connect(
+        self, channel: Channel, protocol: str, connector_id: str, remote: str, token: str, window: int
+    ) -> Connection | None:
+        """Open a connection (not yet receiving: see ``attach``); None past ``max_connections``."""
+        now = self._clock.seconds()
+        prefix = {"websocket": "wsc", "sse": "sse", "long_poll": "poll"}[protocol]
+        connection = Connection(
+            f"{prefix}_{uuid.uuid4().hex[:16]}_{int(now)}",
+            channel.name,
+            protocol,
+            connector_id,
+            remote,
+            token,
+            now,
+            window,
+        )
+        record = connection.record(self.instance, now + REGISTRY_TTL)
+        joined = await self._call(
+            self._buffer.join(channel.name, connection.id, record, channel.config.max_connections, now)
+        )
+        if not joined:
+            return None
+        current = self._channels.get(channel.name)
+        if current is None:  # the channel went away meanwhile
+            self._spawn(self._leave(channel.name, connection.id))
+            return None
+        current.connections[connection.id] = connection
+        self._connections[connection.id] = connection
+        self._log.info(
+            "connector {connector_id!r} connected to channel {channel!r} over {protocol} as {connection_id}",
+            connector_id=connector_id,
+            channel=channel.name,
+            protocol=protocol,
+            connection_id=connection.id,
+        )
+        return connection
+
+    def attach(self, connection: Connection, sink: Sink, closer: Callable[[str], None]) -> None:
+        """Start sending messages to the connection."""
+        if connection.id not in self._connections:
+            return
+        connection.sink = sink
+        connection.closer = closer
+        self._capacity_changed(self._channels.get(connection.channel))
+
+    def resume(self, connection: Connection, last_event_id: str) -> int:
+        """Take over what an earlier SSE connection sent up to ``last_event_id``.
+
+        The earlier connection's messages at or before that position reached
+        the client: they wait for its ack here, unsent. The ones after it are
+        sent again on this connection. Returns how many were taken over.
+        """
+        channel = self._channels.get(connection.channel)
+        if channel is None or not last_event_id:
+            return 0
+        previous = next(
+            (
+                c
+                for c in channel.connections.values()
+                if c is not connection and c.protocol == "sse" and c.has_seen(last_event_id)
+            ),
+            None,
+        )
+        if previous is None:
+            return 0
+        if previous.attached:
+            self._close(previous, "resumed by another connection")
+        self._remove(previous)
+        mark = _position(last_event_id)
+        resend: list[Buffered] = []
+        for message_id, item in sorted(previous.in_flight.items(), key=lambda kv: _position(kv[1].message.stream_id)):
+            connection.in_flight[message_id] = item
+            if _position(item.message.stream_id) > mark:
+                resend.append(item.message)
+        previous.in_flight.clear()
+        if resend and connection.sink is not None:
+            self._send(connection, resend)
+        self._log.info(
+            "connection {connection_id} resumed {previous_id} after {last_event_id}: {taken} in flight, {resent} sent again",
+            connection_id=connection.id,
+            previous_id=previous.id,
+            last_event_id=last_event_id,
+            taken=len(connection.in_flight),
+            resent=len(resend),
+        )
+        return len(connection.in_flight)
+
+    def disconnect(self, connection: Connection, hold: float | None = 0.0) -> None:
+        """The client went away (or the poll was answered).
+
+        Args:
+            hold: 0 gives back every message it held now; a number of seconds
+                keeps them for a resume that long; None keeps each until its
+                ack or its ack timeout (long-poll).
+        """
+        self._detach(connection, hold)
+
+    def close(self, connection_id: str, reason: str) -> bool:
+        """Close a connection of this instance (admin); False if it is not here."""
+        connection = self._connections.get(connection_id)
+        if connection is None or not connection.attached:
+            return False
+        self._close(connection, reason)
+        self._detach(connection, hold=0)
+        return True
+
+    def _close(self, connection: Connection, reason: str) -> None:
+        closer = connection.closer
+        connection.closer = None
+        if closer is not None:
+            try:
+                closer(reason)
+            except Exception:
+                self._log.failure("closing connection {connection_id} failed", connection_id=connection.id)
+
+    def _detach(self, connection: Connection, hold: float | None) -> None:
+        if connection.id not in self._connections:
+            return
+        was_attached = connection.sink is not None or connection.held_until is None
+        connection.sink = None
+        connection.closer = None
+        if was_attached:
+            self._spawn(self._leave(connection.channel, connection.id))
+            self._log.info(
+                "connection {connection_id} on channel {channel!r} closed; {held} message(s) in flight",
+                connection_id=connection.id,
+                channel=connection.channel,
+                held=len(connection.in_flight),
+            )
+        if hold == 0 or not connection.in_flight:
+            self._give_back_all(connection, "connection closed")
+            self._remove(connection)
+        else:
+            connection.held_until = float("inf") if hold is None else self._clock.seconds() + hold
+
+    def _remove(self, connection: Connection) -> None:
+        self._connections.pop(connection.id, None)
+        channel = self._channels.get(connection.channel)
+        if channel is not None:
+            channel.connections.pop(connection.id, None)
+
+    async def _leave(self, channel: str, connection_id: str) -> None:
+        try:
+            await self._call(self._buffer.leave(channel, connection_id))
+        except ConnectUnavailable:
+            pass  # the entry expires by itself (REGISTRY_TTL)
+
+    # -- settling --------------------------------------------------------------
+
+    async def settle(self, connection: Connection, message_id: str, ack: bool, retry: bool = True, reason: str = "") -> str:
+        """Ack or nack a message the connection holds.
+
+        Returns ``acked``, ``requeued``, ``dead_lettered``, or ``gone`` (it had
+        already been settled elsewhere, e.g. reclaimed after a timeout).
+
+        Raises:
+            NotInFlight: the connection does not hold it.
+            ConnectUnavailable: Redis did not answer; it is still in flight
+                and the ack may be repeated.
+        """
+        item = connection.in_flight.pop(message_id, None)
+        if item is None:
+            raise NotInFlight(message_id)
+        channel = self._channels.get(connection.channel)
+        config = channel.config if channel is not None else None
+        try:
+            if ack:
+                outcome = "acked" if await self._call(self._buffer.ack(connection.channel, item.message.stream_id)) else "gone"
+            else:
+                result = await self._call(
+                    self._buffer.give_back(
+                        connection.channel,
+                        item.message.stream_id,
+                        config.max_deliveries if config else 1,
+                        reason or ("nack" if retry else "nack without retry"),
+                        self._clock.seconds(),
+                        dead=not retry,
+                    )
+                )
+                outcome = result.state
+        except ConnectUnavailable:
+            if connection.id in self._connections:
+                connection.in_flight[message_id] = item
+            raise
+        connection.settled.append(item.message.stream_id)
+        connection.last_activity = self._clock.seconds()
+        if ack:
+            connection.acked += 1
+        else:
+            connection.nacked += 1
+        if connection.held_until is not None and not connection.in_flight:
+            self._remove(connection)
+        elif channel is not None:
+            self._capacity_changed(channel)
+        return outcome
+
+    def _give_back_all(self, connection: Connection, reason: str) -> None:
+        items = list(connection.in_flight.values())
+        connection.in_flight.clear()
+        for item in items:
+            self._spawn(self._give_back(connection.channel, item.message, reason))
+
+    async def _give_back(self, channel_name: str, message: Buffered, reason: str, counted: bool = True) -> None:
+        channel = self._channels.get(channel_name)
+        max_deliveries = channel.config.max_deliveries if channel is not None else 1_000_000
+        try:
+            await self._call(
+                self._buffer.give_back(
+                    channel_name, message.stream_id, max_deliveries, reason, self._clock.seconds(), counted=counted
+                )
+            )
+        except ConnectUnavailable:
+            # Still in flight in Redis: reclaimed after the ack timeout.
+            self._log.warn(
+                "could not give back message {message_id} ({reason}): Redis unavailable; it is reclaimed later",
+                message_id=message.message_id,
+                reason=reason,
+            )
+
+    def _expire_local(self) -> None:
+        """Give back what waited past its ack timeout; end resume grace periods."""
+        now = self._clock.seconds()
+        for connection in list(self._connections.values()):
+            if connection.held_until is not None and now >= connection.held_until:
+                self._give_back_all(connection, "connection closed")
+                self._remove(connection)
+                continue
+            late = [mid for mid, item in connection.in_flight.items() if item.deadline <= now]
+            for message_id in late:
+                item = connection.in_flight.pop(message_id)
+                self._log.info(
+                    "message {message_id} on channel {channel!r}: no ack from {connection_id} in time; given back",
+                    message_id=message_id,
+                    channel=connection.channel,
+                    connection_id=connection.id,
+                )
+                self._spawn(self._give_back(connection.channel, item.message, "ack timeout"))
+            if late:
+                if connection.held_until is not None and not connection.in_flight:
+                    self._remove(connection)
+                else:
+                    self._capacity_changed(self._channels.get(connection.channel))
+
+    # -- reading and dispatching ---------------------------------------------
+
+    def _wanted(self) -> dict[str, int]:
+        return {
+            name: free
+            for name, channel in self._channels.items()
+            if channel.ready and (free := channel.free()) > 0
+        }
+
+    def _capacity_changed(self, channel: Channel | None) -> None:
+        if channel is None or not self._running or not channel.ready or channel.free() <= 0:
+            return
+        if self._idle is not None:
+            idle, self._idle = self._idle, None
+            idle.callback(None)
+        elif self._read is not None and channel.name not in self._reading:
+            self._unblock()
+
+    def _unblock(self, attempts: int = 3) -> None:
+        """Wake the blocking read (it is then issued again with the new windows)."""
+        if self._reader_client_id is None or self._read is None:
+            return
+        if self._unblocking is not None and self._unblocking.active():
+            return
+        self._spawn(self._unblock_once(self._reader_client_id))
+        if attempts > 1:
+            # Should the wake reach Redis before the read it is meant for.
+            self._unblocking = self._clock.callLater(0.2, self._unblock, attempts - 1)
+
+    async def _unblock_once(self, client_id: str) -> None:
+        try:
+            await self._call(self._buffer.unblock(client_id))
+        except ConnectUnavailable:
+            pass
+
+    async def _read_forever(self) -> None:
+        while self._running:
+            wanted = self._wanted()
+            if not wanted:
+                self._idle = Deferred()
+                try:
+                    await self._idle
+                except CancelledError:
+                    return
+                continue
+            self._reading = frozenset(wanted)
+            client_id, found = self._reader.read_blocking(wanted, READ_BLOCK_MS)
+            found.addTimeout(READ_BLOCK_MS / 1000 + CALL_TIMEOUT, self._clock)
+            self._read = found
+            try:
+                self._reader_client_id = await client_id
+                messages = await found
+            except CancelledError:
+                if not self._running:
+                    return
+                messages = []
+            except Exception as e:
+                self._read = None
+                self._reading = frozenset()
+                self._reader_failed(e)
+                if not await self._pause(self._backoff.failed(self._clock.seconds())):
+                    return
+                continue
+            finally:
+                if self._unblocking is not None and self._unblocking.active():
+                    self._unblocking.cancel()
+            self._read = None
+            self._reading = frozenset()
+            self._backoff.healthy(self._clock.seconds())
+            if not self.buffer_ok:
+                self._log.info("Webhook Connect reads from Redis again")
+            self.buffer_ok = True
+            self._dispatch(messages)
+
+    async def _pause(self, delay: float) -> bool:
+        """Wait ``delay`` seconds (or until a window opens); False once stopped."""
+        wait: Deferred[None] = Deferred()
+        self._idle = wait
+
+        def wake() -> None:
+            if self._idle is wait:
+                self._idle = None
+                wait.callback(None)
+
+        call = self._clock.callLater(delay, wake)
+        try:
+            await wait
+        except CancelledError:
+            return False
+        finally:
+            if call.active():
+                call.cancel()
+        return self._running
+
+    def _reader_failed(self, error: Exception) -> None:
+        text = str(error) or type(error).__name__
+        if "NOGROUP" in text:
+            for channel in self._channels.values():
+                channel.ready = False
+                self._spawn(self._ensure(channel))
+        if self.buffer_ok or text != self.last_error:
+            self._log.warn("Webhook Connect cannot read from Redis: {error}", error=text)
+        self.buffer_ok = False
+        self.last_error = text
+
+    def _dispatch(self, found: Iterable[tuple[str, Buffered]]) -> None:
+        now = self._clock.seconds()
+        batches: dict[str, tuple[Connection, list[Buffered]]] = {}
+        for channel_name, message in found:
+            channel = self._channels.get(channel_name)
+            if message.expires_at <= now:
+                self._spawn(self._expire(channel_name, message))
+                continue
+            target = None
+            if channel is not None:
+                target = max(channel.connections.values(), key=Connection.free, default=None)
+            if target is None or target.free() <= 0 or channel is None:
+                self._spawn(self._give_back(channel_name, message, "no capacity", counted=False))
+                continue
+            target.in_flight[message.message_id] = InFlight(message, now + channel.config.ack_timeout_seconds)
+            batches.setdefault(target.id, (target, []))[1].append(message)
+        for connection, messages in batches.values():
+            self._send(connection, messages)
+
+    def _send(self, connection: Connection, messages: list[Buffered]) -> None:
+        sink = connection.sink
+        if sink is None:
+            return
+        connection.last_sent = messages[-1].stream_id
+        connection.sent += len(messages)
+        connection.last_activity = self._clock.seconds()
+        try:
+            sink(messages)
+        except Exception:
+            self._log.failure("sending to connection {connection_id} failed", connection_id=connection.id)
+            self._close(connection, "send failed")
+            self._detach(connection, hold=0)
+
+    async def _expire(self, channel: str, message: Buffered) -> None:
+        try:
+            await self._call(self._buffer.expire(channel, message.stream_id, self._clock.seconds()))
+        except ConnectUnavailable:
+            pass
+
+    # -- the sweep -----------------------------------------------------------
+
+    async def _sweep_redis(self) -> None:
+        """Per channel: make sure it exists, reclaim abandoned messages, expire old ones, list connections."""
+        now = self._clock.seconds()
+        for channel in list(self._channels.values()):
+            try:
+                if not channel.ready:
+                    await self._ensure(channel)
+                    if not channel.ready:
+                        continue
+                config = channel.config
+                idle_ms = int((config.ack_timeout_seconds + RECLAIM_MARGIN) * 1000)
+                reclaimed = await self._call(self._buffer.reclaim(channel.name, idle_ms, config.max_deliveries, now))
+                if reclaimed:
+                    self._log.info(
+                        "channel {channel!r}: {count} message(s) left unacked past the ack timeout given back",
+                        channel=channel.name,
+                        count=len(reclaimed),
+                    )
+                _, channel.expire_cursor = await self._call(
+                    self._buffer.expire_waiting(channel.name, now, channel.expire_cursor)
+                )
+                records = {
+                    c.id: c.record(self.instance, now + REGISTRY_TTL)
+                    for c in channel.connections.values()
+                    if c.attached
+                }
+                for kicked in await self._call(self._buffer.refresh(channel.name, records)):
+                    self.close(kicked, "disconnected by an administrator")
+            except ConnectUnavailable:
+                return
+            except Exception:
+                self._log.failure("Webhook Connect sweep of channel {channel!r} failed", channel=channel.name)
+
+    # -- stats -----------------------------------------------------------------
+
+    async def counts(self, channel: Channel) -> tuple[ChannelCounts, list[dict[str, Any]]]:
+        """Message counts and live connections of the channel, from Redis (every instance)."""
+        counts = await self._call(self._buffer.counts(channel.name))
+        connections = await self._call(self._buffer.connections(channel.name, self._clock.seconds()))
+        return counts, connections
+
+    async def dead_letters(self, channel: Channel, limit: int) -> list[dict[str, Any]]:
+        return await self._call(self._buffer.dead_letters(channel.name, limit))
+
+    async def replay(self, channel: Channel, message_ids: list[str] | None) -> tuple[int, list[str]]:
+        """Dead letters back to the queue (all, or these); (how many, ids not found)."""
+        return await self._call(
+            self._buffer.replay(channel.name, channel.config.ttl_seconds, self._clock.seconds(), message_ids)
+        )
+
+    async def clients(self, channel: Channel) -> list[dict[str, Any]]:
+        """The channel's live connections on every instance."""
+        return await self._call(self._buffer.connections(channel.name, self._clock.seconds()))
+
+    async def purge(self, channel: Channel) -> int:
+        return await self._call(self._buffer.purge(channel.name))
+
+    async def kick(self, channel: Channel, connection_id: str) -> None:
+        await self._call(self._buffer.kick(channel.name, connection_id))
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "buffer": self.buffer_ok and self._connected(),
+            "channels_count": len(self._channels),
+            "connections_count": sum(1 for c in self._connections.values() if c.attached),
+        }
+
+    # -- plumbing --------------------------------------------------------------
+
+    async def _call(self, work: Coroutine[Any, Any, T]) -> T:
+        """Run one buffer call with the timeout every Redis call has."""
+        d: Deferred[T] = Deferred.fromCoroutine(work)
+        d.addTimeout(CALL_TIMEOUT, self._clock)
+        try:
+            return await d
+        except (CancelledError, TimeoutError):
+            raise ConnectUnavailable(f"Redis did not answer within {CALL_TIMEOUT:g} s") from None
+        except txredisapi.ConnectionError as e:
+            raise ConnectUnavailable(str(e) or "not connected to Redis") from None
+        except txredisapi.ResponseError as e:
+            if str(e).split(" ", 1)[0] in _TRANSIENT:
+                raise ConnectUnavailable(str(e)) from None
+            raise
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        d: Deferred[None] = Deferred.fromCoroutine(work)
+        if d.called:
+            d.addErrback(lambda f: self._log.failure("Webhook Connect task failed", f))
+            return
+        self._pending.add(d)
+
+        def done(result: Any) -> None:
+            self._pending.discard(d)
+            if isinstance(result, Failure) and not result.check(CancelledError):
+                self._log.failure("Webhook Connect task failed", result)
+
+        d.addBoth(done)

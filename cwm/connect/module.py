@@ -1,0 +1,97 @@
+"""The ``webhook_connect`` output module: queue each webhook on its channel in Redis.
+
+The sender's answer tells the truth: 200 once the message is stored in Redis;
+413 when the body is over the channel's ``max_message_size``; 503 with
+Retry-After when the channel's queue is full or Redis cannot be reached.
+"""
+
+from __future__ import annotations
+
+import base64
+import uuid
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from cwm.connect.channels import ChannelConfig, parse_channel_config
+from cwm.connect.hub import ConnectHub, ConnectUnavailable, iso
+from cwm.errors import ConfigError
+from cwm.modules.base import ModuleContext, ModuleRefused, ModuleUnavailable, WebhookEvent
+
+FULL_RETRY_AFTER = 10
+UNAVAILABLE_RETRY_AFTER = 5
+# Left out of the relayed headers unless the module-config says forward_credentials.
+CREDENTIAL_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie"})
+
+
+def relayed_headers(headers: Mapping[str, list[str]], forward_credentials: bool) -> dict[str, str]:
+    """The request's headers as connectors receive them: one string per (lower-case) name."""
+    return {
+        name: ", ".join(values)
+        for name, values in headers.items()
+        if forward_credentials or name not in CREDENTIAL_HEADERS
+    }
+
+
+def envelope(event: WebhookEvent, config: ChannelConfig, message_id: str) -> dict[str, Any]:
+    """What is stored for one webhook: upstream's envelope plus the exact body bytes."""
+    payload: Any = event.payload
+    if isinstance(payload, bytes):  # a blob: its text if it has one, the bytes are in body_base64
+        try:
+            payload = payload.decode("utf-8")
+        except UnicodeDecodeError:
+            payload = None
+    return {
+        "message_id": message_id,
+        "channel": config.name,
+        "webhook_id": event.webhook_id,
+        "namespace": event.namespace,
+        "timestamp": iso(event.received_at),
+        "expires_at": iso(event.received_at + config.ttl_seconds),
+        "metadata": {"source": "webhook_connect_module", "request_id": event.request_id, "client_ip": event.client_ip},
+        "headers": relayed_headers(event.headers, config.forward_credentials),
+        "payload": payload,
+        "body_base64": base64.b64encode(event.body).decode("ascii"),
+        "data_type": event.data_type,
+    }
+
+
+class WebhookConnectModule:
+    """One config entry's channel; registered with the hub while the entry lives."""
+
+    def __init__(self, config: ChannelConfig, hub: ConnectHub, release: Callable[[], None]) -> None:
+        self.config = config
+        self._hub = hub
+        self._release = release
+
+    async def deliver(self, event: WebhookEvent) -> None:
+        config = self.config
+        if len(event.body) > config.max_message_size:
+            raise ModuleRefused(
+                413,
+                f"Payload too large for channel '{config.name}': {len(event.body)} bytes"
+                f" (max: {config.max_message_size})",
+            )
+        message_id = "msg_" + uuid.uuid4().hex[:16]
+        try:
+            stored = await self._hub.publish(
+                config, event.webhook_id, message_id, envelope(event, config, message_id), event.received_at
+            )
+        except ConnectUnavailable:
+            raise ModuleUnavailable("Webhook Connect buffer unavailable", UNAVAILABLE_RETRY_AFTER) from None
+        if stored is None:
+            raise ModuleUnavailable(
+                f"Channel '{config.name}' queue is full ({config.max_queue_size} messages)", FULL_RETRY_AFTER
+            )
+
+    async def close(self) -> None:
+        self._release()
+
+
+def build(module_config: Mapping[str, Any], ctx: ModuleContext) -> WebhookConnectModule:
+    config = parse_channel_config(module_config)
+    hub = ctx.connect
+    if hub is None:
+        raise ConfigError("Webhook Connect is off: set WEBHOOK_CONNECT_ENABLED=true to use it")
+    if ctx.entry is None:
+        raise ConfigError("webhook_connect is only available to webhook entries")
+    return WebhookConnectModule(config, hub, hub.register(ctx.entry, config))
