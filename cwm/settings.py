@@ -8,6 +8,7 @@ names the variable (or option) and the value.
 from __future__ import annotations
 
 import os
+import re
 import socket
 import sys
 from collections.abc import Callable, Mapping
@@ -400,8 +401,21 @@ def _connect_settings(source: _Source, environ: Mapping[str, str], listen: str) 
         redis=redis,
         admin_token=token or None,
         key_prefix=source.get(None, "WEBHOOK_CONNECT_KEY_PREFIX", _key_prefix, "cwm:wc"),
-        instance=source.get(None, "WEBHOOK_CONNECT_INSTANCE_ID", _key_prefix, f"{socket.gethostname()}:{listen}"),
+        instance=source.get(None, "WEBHOOK_CONNECT_INSTANCE_ID", _key_prefix, _instance(listen)),
     )
+
+
+def _instance(listen: str) -> str:
+    """Host and listening address: unique among live instances, the same after a restart.
+
+    On a random port (``tcp:0``) two processes of one host would share it, so
+    the process id is added (what the previous process held is then reclaimed
+    after the ack timeout instead of at once).
+    """
+    name = f"{socket.gethostname()}:{listen}"
+    if re.match(r"(tcp6?|ssl):0(:|$)", listen):
+        name += f":{os.getpid()}"
+    return name
 
 
 def _key_prefix(text: str) -> str:

@@ -325,6 +325,8 @@ async def test_redis_down_is_503_and_it_all_comes_back(tmp_path: Path, fresh_red
         assert headers.getRawHeaders("Retry-After") == ["5"]
         code, body, _ = await admin(process, "GET", "/health", headers={})
         assert code == 503 and body["status"] == "unhealthy" and body["buffer"] is False
+        code, body, _ = await call("GET", f"{base(process)}/health")
+        assert body["components"]["webhook_connect"] == "degraded"
         fresh_redis.start()
         await eventually("accepting again", lambda: post_status(process, "h", {"n": 3}), seconds=30)
         ws = await WSClient.open(process.port, "rd", "tok")
@@ -580,6 +582,41 @@ async def test_ten_thousand_messages_none_lost_none_duplicated(cloud: Cloud) -> 
     assert statuses.count(200) == total
     assert sorted(seen) == list(range(total)) and set(seen.values()) == {1}
     await eventually("all acked", lambda: stats_match(process, "bulk", (0, 0, total, 0, 0)))
+    await ws.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_full_window_holds_back_only_its_own_connection(cloud: Cloud) -> None:
+    """max_in_flight per connection: a connector that stops acking never stalls the others."""
+    process = cloud.start({"h": hook("fc1", "tok", max_in_flight=2), "o": hook("fc2", "tok")})
+    stuck = await WSClient.open(process.port, "fc1", "tok", connector="stuck")
+    for n in range(2):
+        assert (await post(process, "h", {"n": n}))[0] == 200
+    held = [await stuck.webhook() for _ in range(2)]  # its window is full now, never acked
+    other = await WSClient.open(process.port, "fc2", "tok")
+    busy = await WSClient.open(process.port, "fc1", "tok", connector="busy")
+    for n in range(2, 12):
+        assert (await post(process, "h", {"n": n}))[0] == 200
+        assert (await post(process, "o", {"n": n}))[0] == 200
+        m = await busy.webhook()
+        busy.ack(m["message_id"])
+        assert (await other.webhook())["payload"] == {"n": n}
+    assert counts(await stats(process, "fc1"))[:2] == (0, 2)
+    assert [m["payload"]["n"] for m in held] == [0, 1]
+    for c in (stuck, other, busy):
+        await c.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_heartbeats_on_idle_streams(cloud: Cloud) -> None:
+    process = cloud.start({"h": hook("hb", "tok", heartbeat_interval_seconds=1)})
+    sse = await SSEClient.open(base(process), "hb", "tok")
+    name, data, _ = await sse.next_event(5)
+    assert name == "heartbeat" and data["timestamp"].endswith("Z")
+    ws = await WSClient.open(process.port, "hb", "tok")
+    frame = await ws.frame(5)
+    assert frame["type"] == "heartbeat" and isinstance(frame["server_time"], float)
+    sse.close()
     await ws.close()
 
 

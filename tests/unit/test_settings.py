@@ -113,3 +113,57 @@ def test_etcd_settings_defaults_and_overrides() -> None:
     s = parse_settings(NO_CLI, {"CONFIG_BACKEND": "etcd", "ETCD_ENDPOINTS": "a:1, b:2,[::1]:3"}, "/")
     assert s.etcd is not None and s.etcd.options.endpoints == (("a", 1), ("b", 2), ("::1", 3))
     assert parse_settings(NO_CLI, {}, "/").etcd is None
+
+
+def test_webhook_connect_settings() -> None:
+    """Off unless enabled; the Redis URL falls back to REDIS_URL; an empty admin token leaves the admin API off."""
+    assert parse_settings(NO_CLI, {}, "/").connect is None
+    s = parse_settings(NO_CLI, {"WEBHOOK_CONNECT_ENABLED": "true"}, "/")
+    assert s.connect is not None
+    assert (s.connect.redis.host, s.connect.redis.port, s.connect.redis.db) == ("localhost", 6379, 0)
+    assert (s.connect.admin_token, s.connect.key_prefix) == (None, "cwm:wc")
+    assert s.connect.instance.endswith(":tcp:8000")
+    s = parse_settings(
+        NO_CLI,
+        {
+            "WEBHOOK_CONNECT_ENABLED": "1",
+            "REDIS_URL": "redis://:pw@redis:6380/2",
+            "WEBHOOK_CONNECT_ADMIN_TOKEN": " adm ",
+            "WEBHOOK_CONNECT_KEY_PREFIX": "wc",
+            "WEBHOOK_CONNECT_INSTANCE_ID": "cloud-1",
+        },
+        "/",
+    )
+    assert s.connect is not None
+    assert (s.connect.redis.host, s.connect.redis.port, s.connect.redis.db, s.connect.redis.password) == (
+        "redis", 6380, 2, "pw")
+    assert (s.connect.admin_token, s.connect.key_prefix, s.connect.instance) == ("adm", "wc", "cloud-1")
+    assert "adm" not in repr(s.connect) and "pw" not in repr(s.connect)
+    s = parse_settings(
+        NO_CLI,
+        {"WEBHOOK_CONNECT_ENABLED": "1", "REDIS_URL": "redis://a:1/0", "WEBHOOK_CONNECT_REDIS_URL": "redis://b:2/0"},
+        "/",
+    )
+    assert s.connect is not None and s.connect.redis.host == "b"
+
+
+@pytest.mark.parametrize(
+    "env, message",
+    [
+        ({"WEBHOOK_CONNECT_REDIS_URL": "http://:secret@h"}, "invalid WEBHOOK_CONNECT_REDIS_URL: expected a redis://host:port/db URL"),
+        ({"REDIS_URL": "redis://:secret@h:x"}, "invalid REDIS_URL: expected a redis://host:port/db URL with numeric port and db"),
+        ({"WEBHOOK_CONNECT_KEY_PREFIX": "a{b}"}, "invalid WEBHOOK_CONNECT_KEY_PREFIX='a{b}': expected 1-200 characters"),
+        ({"WEBHOOK_CONNECT_ENABLED": "sure"}, "invalid WEBHOOK_CONNECT_ENABLED='sure': expected true or false"),
+    ],
+)
+def test_webhook_connect_bad_settings(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        parse_settings(NO_CLI, {"WEBHOOK_CONNECT_ENABLED": "true", **env}, "/")
+    assert str(e.value).startswith(message) and "secret" not in str(e.value)
+
+
+def test_webhook_connect_instance_on_a_random_port_is_per_process() -> None:
+    import os
+
+    s = parse_settings({"listen": "tcp:0:interface=127.0.0.1"}, {"WEBHOOK_CONNECT_ENABLED": "true"}, "/")
+    assert s.connect is not None and s.connect.instance.endswith(f":tcp:0:interface=127.0.0.1:{os.getpid()}")
