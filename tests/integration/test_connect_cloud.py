@@ -630,3 +630,34 @@ async def test_removing_the_config_closes_its_connections(cloud: Cloud) -> None:
     assert (name, data) == ("error", {"error": "channel removed from the configuration"})
     await bounded(sse.ended)
     assert (await call("GET", f"{base(process)}/connect/stream/gone/sse?token=tok"))[0] == 404
+
+
+@pytest_twisted.ensureDeferred
+async def test_channels_follow_etcd_live(
+    tmp_path: Path, redis: RedisServer, redis_prefix: str, etcd: Any, etcd_prefix: str
+) -> None:
+    """With the etcd backend too, a channel opens when its key is put (before any webhook) and closes when deleted."""
+    from cwm.etcd.client import EtcdClient
+    from cwm.etcd.options import EtcdOptions
+    from tests.integration.test_etcd_receiver import start_cwm as start_etcd_cwm, wait_revision
+
+    process = start_etcd_cwm(
+        tmp_path, etcd.address, etcd_prefix,
+        WEBHOOK_CONNECT_ENABLED="true", WEBHOOK_CONNECT_REDIS_URL=redis.url, WEBHOOK_CONNECT_KEY_PREFIX=redis_prefix,
+        WEBHOOK_CONNECT_ADMIN_TOKEN=ADMIN, WEBHOOK_CONNECT_INSTANCE_ID="etcd-a",
+    )
+    client = EtcdClient(EtcdOptions(endpoints=(etcd.address,)))
+    key = f"{etcd_prefix}default/webhooks/relay".encode()
+    try:
+        wait_revision(process, client.put(key, json.dumps(hook("live", "tok")).encode()))
+        sse = await SSEClient.open(base(process), "live", "tok")
+        assert (await post(process, "relay", {"via": "etcd"}))[0] == 200
+        message, _ = await sse.next_webhook()
+        assert message["payload"] == {"via": "etcd"}
+        client.delete(key)
+        name, data, _ = await sse.next_event()
+        assert (name, data) == ("error", {"error": "channel removed from the configuration"})
+        await bounded(sse.ended)
+    finally:
+        client.close()
+        process.stop()
