@@ -20,8 +20,8 @@ from klein import Klein
 from twisted.internet.interfaces import IReactorTime
 from twisted.web.iweb import IRequest
 
-from cwm.connect.api import bearer, bounded_arg, request_header, channel_stats, not_initialized, unavailable
-from cwm.connect.hub import SWEEP_SECONDS, Channel, ConnectHub, ConnectUnavailable, iso
+from cwm.connect.api import bearer, bounded_arg, channel_stats, not_initialized, request_header
+from cwm.connect.hub import SWEEP_SECONDS, Channel, ConnectHub, iso
 from cwm.errors import HTTPError
 from cwm.web.errors import install_json_errors, json_answer
 
@@ -95,31 +95,25 @@ class ConnectAdmin:
     async def channels(self, request: IRequest) -> bytes:
         hub = self._admin(request)
         listed = []
-        try:
-            for channel in hub.channels():
-                connections = await hub.clients(channel)
-                config = channel.config
-                listed.append({
-                    "name": channel.name,
-                    "webhook_id": channel.webhook_id,
-                    "webhook_ids": channel.webhook_ids,
-                    "created_at": iso(channel.created_at),
-                    "ttl_seconds": config.ttl_seconds,
-                    "max_queue_size": config.max_queue_size,
-                    "max_connections": config.max_connections,
-                    "connected_clients": len(connections),
-                })
-        except ConnectUnavailable:
-            raise unavailable() from None
+        for channel in hub.channels():
+            connections = await hub.clients(channel)
+            config = channel.config
+            listed.append({
+                "name": channel.name,
+                "webhook_id": channel.webhook_id,
+                "webhook_ids": channel.webhook_ids,
+                "created_at": iso(channel.created_at),
+                "ttl_seconds": config.ttl_seconds,
+                "max_queue_size": config.max_queue_size,
+                "max_connections": config.max_connections,
+                "connected_clients": len(connections),
+            })
         return _json(request, listed)
 
     @app.route("/channels/<name>", methods=["GET"])
     async def channel(self, request: IRequest, name: str) -> bytes:
         hub, channel = self._channel(request, name)
-        try:
-            counts, connections = await hub.counts(channel)
-        except ConnectUnavailable:
-            raise unavailable() from None
+        counts, connections = await hub.counts(channel)
         config = channel.config
         local = {c.id: c for c in channel.connections.values()}
         clients = []
@@ -164,10 +158,7 @@ class ConnectAdmin:
         grace = body.get("grace_period_seconds", DEFAULT_GRACE)
         if isinstance(grace, bool) or not isinstance(grace, int) or not 0 <= grace <= MAX_GRACE:
             raise HTTPError(422, f"grace_period_seconds: expected a whole number from 0 to {MAX_GRACE}")
-        try:
-            rotated = await hub.rotate(channel, grace)
-        except ConnectUnavailable:
-            raise unavailable() from None
+        rotated = await hub.rotate(channel, grace)
         return _json(request, {
             "channel": channel.name,
             "new_token": rotated.current,
@@ -184,14 +175,11 @@ class ConnectAdmin:
                 raise HTTPError(400, "Connection not on this channel")
             hub.close(connection_id, "disconnected by an administrator")
             return _json(request, {"status": "disconnected", "connection_id": connection_id})
-        try:
-            connections = await hub.clients(channel)
-            record = next((r for r in connections if r.get("connection_id") == connection_id), None)
-            if record is None:
-                raise HTTPError(404, "Connection not found")
-            await hub.kick(channel, connection_id)
-        except ConnectUnavailable:
-            raise unavailable() from None
+        connections = await hub.clients(channel)
+        record = next((r for r in connections if r.get("connection_id") == connection_id), None)
+        if record is None:
+            raise HTTPError(404, "Connection not found")
+        await hub.kick(channel, connection_id)
         return _json(
             request,
             {
@@ -206,30 +194,21 @@ class ConnectAdmin:
     @app.route("/channels/<name>/webhook-stats", methods=["GET"])
     async def webhook_stats(self, request: IRequest, name: str) -> bytes:
         hub, channel = self._channel(request, name)
-        try:
-            counts, _ = await hub.counts(channel)
-        except ConnectUnavailable:
-            raise unavailable() from None
+        counts, _ = await hub.counts(channel)
         webhooks = {wid: {"pending": n} for wid, n in sorted(counts.pending_by_webhook.items())}
         return _json(request, {"channel": channel.name, "webhooks": webhooks})
 
     @app.route("/channels/<name>/stats", methods=["GET"])
     async def stats(self, request: IRequest, name: str) -> bytes:
         hub, channel = self._channel(request, name)
-        try:
-            counts, connections = await hub.counts(channel)
-        except ConnectUnavailable:
-            raise unavailable() from None
+        counts, connections = await hub.counts(channel)
         return _json(request, channel_stats(channel, counts, connections))
 
     @app.route("/channels/<name>/dead-letters", methods=["GET"])
     async def dead_letters(self, request: IRequest, name: str) -> bytes:
         limit = bounded_arg(request, "limit", 100, 1, 1000)
         hub, channel = self._channel(request, name)
-        try:
-            letters = await hub.dead_letters(channel, limit)
-        except ConnectUnavailable:
-            raise unavailable() from None
+        letters = await hub.dead_letters(channel, limit)
         return _json(request, {"channel": channel.name, "count": len(letters), "messages": letters})
 
     @app.route("/channels/<name>/dead-letters/replay", methods=["POST"])
@@ -241,19 +220,13 @@ class ConnectAdmin:
             ids = body["message_ids"]
             if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids) or len(ids) > 10_000:
                 raise HTTPError(422, "message_ids: expected a list of at most 10000 message ids")
-        try:
-            replayed, missing = await hub.replay(channel, ids)
-        except ConnectUnavailable:
-            raise unavailable() from None
+        replayed, missing = await hub.replay(channel, ids)
         return _json(request, {"channel": channel.name, "replayed": replayed, "not_found": missing})
 
     @app.route("/channels/<name>/dead-letters", methods=["DELETE"])
     async def purge(self, request: IRequest, name: str) -> bytes:
         hub, channel = self._channel(request, name)
-        try:
-            purged = await hub.purge(channel)
-        except ConnectUnavailable:
-            raise unavailable() from None
+        purged = await hub.purge(channel)
         return _json(request, {"channel": channel.name, "purged": purged})
 
     @app.route("/overview", methods=["GET"])
@@ -261,18 +234,15 @@ class ConnectAdmin:
         hub = self._admin(request)
         channels = {}
         total = 0
-        try:
-            for channel in hub.channels():
-                connections = await hub.clients(channel)
-                total += len(connections)
-                channels[channel.name] = {
-                    "webhook_id": channel.webhook_id,
-                    "connected_clients": len(connections),
-                    "max_connections": channel.config.max_connections,
-                    "ttl_seconds": channel.config.ttl_seconds,
-                }
-        except ConnectUnavailable:
-            raise unavailable() from None
+        for channel in hub.channels():
+            connections = await hub.clients(channel)
+            total += len(connections)
+            channels[channel.name] = {
+                "webhook_id": channel.webhook_id,
+                "connected_clients": len(connections),
+                "max_connections": channel.config.max_connections,
+                "ttl_seconds": channel.config.ttl_seconds,
+            }
         status = hub.status()
         return _json(request, {
             "timestamp": iso(self._clock.seconds()),

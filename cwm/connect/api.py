@@ -34,17 +34,12 @@ from cwm.connect.hub import RESUME_GRACE, Channel, ConnectHub, ConnectUnavailabl
 from cwm.errors import HTTPError
 from cwm.web.errors import install_json_errors, json_answer
 
-UNAVAILABLE_RETRY_AFTER = 5
 FULL_RETRY_AFTER = 5
 MAX_CLIENT_FRAME = 64 * 1024
 
 
 def not_initialized() -> HTTPError:
     return HTTPError(503, "Webhook Connect not initialized")
-
-
-def unavailable() -> HTTPError:
-    return HTTPError(503, "Webhook Connect buffer unavailable", {"Retry-After": str(UNAVAILABLE_RETRY_AFTER)})
 
 
 def channel_stats(channel: Channel, counts: ChannelCounts, connections: list[dict[str, Any]]) -> dict[str, Any]:
@@ -288,10 +283,7 @@ class ConnectStreams:
             raise HTTPError(404, f"Channel '{name}' not found")
         if not token:
             raise HTTPError(401, "Missing channel token (Authorization: Bearer, or ?token=)")
-        try:
-            accepted = await hub.authorize(channel, token)
-        except ConnectUnavailable:
-            raise unavailable() from None
+        accepted = await hub.authorize(channel, token)
         if not accepted:
             raise HTTPError(401, "Invalid channel token")
         return hub, channel, token
@@ -299,10 +291,7 @@ class ConnectStreams:
     async def _connect(self, hub: ConnectHub, channel: Channel, protocol: str, request: IRequest, token: str,
                        window: int) -> Connection:
         connector_id = (request_header(request, b"x-connector-id") or "").strip()[:128] or "anonymous"
-        try:
-            connection = await hub.connect(channel, protocol, connector_id, _remote(request), token, window)
-        except ConnectUnavailable:
-            raise unavailable() from None
+        connection = await hub.connect(channel, protocol, connector_id, _remote(request), token, window)
         if connection is None:
             raise HTTPError(
                 503,
@@ -389,10 +378,7 @@ class ConnectStreams:
             raise HTTPError(404, "Connection not found")
         if not hmac.compare_digest(token.encode(), connection.token.encode()):
             channel = hub.channel(connection.channel)
-            try:
-                accepted = channel is not None and await hub.authorize(channel, token)
-            except ConnectUnavailable:
-                raise unavailable() from None
+            accepted = channel is not None and await hub.authorize(channel, token)
             if not accepted:
                 raise HTTPError(401, "Invalid token")
         reason = (query_arg(request, "reason") or "")[:200]
@@ -400,8 +386,6 @@ class ConnectStreams:
             outcome = await hub.settle(connection, message_id, status == "ack", retry_text == "true", reason)
         except NotInFlight:
             raise HTTPError(404, "Message not in flight") from None
-        except ConnectUnavailable:
-            raise unavailable() from None
         body = {"status": "ok", "message_id": message_id, "outcome": outcome}
         return json_answer(request, 200, json.dumps(body).encode())
 
@@ -411,10 +395,7 @@ class ConnectStreams:
         if not bearer(request_header(request, b"authorization")):
             raise HTTPError(401, "Missing authorization header")
         hub, found, _ = await self._authorized(request, channel)
-        try:
-            counts, connections = await hub.counts(found)
-        except ConnectUnavailable:
-            raise unavailable() from None
+        counts, connections = await hub.counts(found)
         body = {
             "channel": found.name,
             "connected": True,

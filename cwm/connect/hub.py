@@ -44,9 +44,12 @@ import txredisapi
 
 from cwm.connect.buffer import Buffered, ChannelCounts, StreamBuffer
 from cwm.connect.channels import ChannelConfig, TokenState, rotate, token_accepted
+from cwm.errors import HTTPError
 from cwm.etcd.backoff import Backoff
 
 T = TypeVar("T")
+
+UNAVAILABLE_RETRY_AFTER = 5
 
 CALL_TIMEOUT = 5.0
 """Seconds any one Redis call may take before the caller gets a 503."""
@@ -68,8 +71,16 @@ Owner = tuple[str, str]
 Sink = Callable[[list[Buffered]], None]
 
 
-class ConnectUnavailable(Exception):
-    """Redis did not answer in time, or is not connected: a 503 with Retry-After."""
+class ConnectUnavailable(HTTPError):
+    """Redis did not answer in time, or is not connected: a 503 with Retry-After.
+
+    Attributes:
+        cause: What went wrong, for the log (the client gets the fixed detail).
+    """
+
+    def __init__(self, cause: str) -> None:
+        super().__init__(503, "Webhook Connect buffer unavailable", {"Retry-After": str(UNAVAILABLE_RETRY_AFTER)})
+        self.cause = cause
 
 
 class UnknownConnection(Exception):
