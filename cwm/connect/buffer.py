@@ -450,6 +450,18 @@ class StreamBuffer:
             if start == "0-0":
                 return outcomes
 
+    async def forget_idle_consumers(self, channel: str, idle_ms: int) -> list[str]:
+        """Drop other consumers that hold nothing and were idle past ``idle_ms`` (instances gone for good)."""
+        k = self.keys(channel)
+        forgotten = []
+        for info in await self._redis.execute_command("XINFO", "CONSUMERS", k.stream, GROUP) or []:
+            fields = _fields(info)
+            name = str(fields.get("name", ""))
+            if name != self.consumer and int(fields.get("pending", 1)) == 0 and int(fields.get("idle", 0)) > idle_ms:
+                await self._redis.execute_command("XGROUP", "DELCONSUMER", k.stream, GROUP, name)
+                forgotten.append(name)
+        return forgotten
+
     async def held_by_me(self, channel: str, count: int = 1000) -> list[str]:
         """Stream ids this consumer holds in flight (after a restart: left by the previous process)."""
         k = self.keys(channel)

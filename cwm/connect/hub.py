@@ -60,6 +60,8 @@ RECLAIM_MARGIN = 5.0
 """Beyond the ack timeout, before another instance takes over a message (its owner's own sweep comes first)."""
 REGISTRY_TTL = 30.0
 """A connection listed in Redis drops out this long after its instance last refreshed it."""
+CONSUMER_FORGOTTEN_MS = 24 * 3600 * 1000
+"""A consumer (instance) that held nothing for a day is removed from a channel's group."""
 TICK_SECONDS = 1.0
 SWEEP_SECONDS = 5.0
 
@@ -802,6 +804,7 @@ class ConnectHub:
                 _, channel.expire_cursor = await self._call(
                     self._buffer.expire_waiting(channel.name, now, channel.expire_cursor)
                 )
+                await self._call(self._buffer.forget_idle_consumers(channel.name, CONSUMER_FORGOTTEN_MS))
                 records = {
                     c.id: c.record(self.instance, now + REGISTRY_TTL)
                     for c in channel.connections.values()

@@ -256,6 +256,21 @@ async def test_messages_survive_a_redis_restart(fresh_redis: RedisServer) -> Non
 
 
 @pytest_twisted.ensureDeferred
+async def test_idle_consumers_without_messages_are_forgotten(buffers: tuple[StreamBuffer, StreamBuffer]) -> None:
+    a, b = buffers
+    await a.ensure_channel("ch")
+    await publish(a, 1)
+    await publish(a, 2)
+    [(_, held)] = await b.read({"ch": 1})  # b holds one
+    await a.read({"ch": 1})
+    await a.ack("ch", (await a.held_by_me("ch"))[0])
+    assert await a.held_by_me("ch") == [] and await b.held_by_me("ch") == [held.stream_id]
+    assert await b.forget_idle_consumers("ch", 0) == ["a"]  # a holds nothing: forgotten
+    assert await a.forget_idle_consumers("ch", 0) == []  # b still holds one
+    assert await b.held_by_me("ch") == [held.stream_id]
+
+
+@pytest_twisted.ensureDeferred
 async def test_rotated_tokens_are_shared(buffers: tuple[StreamBuffer, StreamBuffer]) -> None:
     a, b = buffers
     assert await a.tokens("ch") == {}
