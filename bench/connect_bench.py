@@ -1,9 +1,9 @@
 #!/usr/bin/env python
 """Webhook Connect benchmark (cloud side): one SSE client, then one WebSocket client.
 
-    .venv/bin/python bench/connect_bench.py          # or: bash bench/connect.sh; ~1-2 minutes
+    .venv/bin/python bench/connect_bench.py          # or: bash bench/connect.sh; ~3 minutes
     MESSAGES=20000 ROUNDS=5 .venv/bin/python bench/connect_bench.py
-    .venv/bin/python bench/connect_bench.py --protocols ws --concurrency 8
+    .venv/bin/python bench/connect_bench.py --protocols ws --concurrency 8 --paced-rate 0
 
 Set-up: a throwaway ``redis-server`` (append-only, ``appendfsync everysec``, no
 RDB snapshots) and ``twistd --pidfile= -n cwm`` with Webhook Connect on and one
@@ -13,38 +13,57 @@ pinned to core 0 with ``taskset``; this script pins itself to core 1.
 
 Method: this script is the whole client, one Twisted process. A run opens ONE
 connector connection (an SSE stream, or a WebSocket), waits for its
-``connected`` event, then POSTs N messages to ``/webhook/bench`` with a fixed
-number of POSTs in flight (``--concurrency``, treq over a persistent
-connection pool). Every body is a GitHub-like push event of exactly
-``BODY_BYTES`` bytes that carries the run's id, a sequence number and the
-``time.perf_counter()`` of the moment its POST was issued. The connector acks
-each message as it arrives: over SSE with ``POST /connect/ack`` (same pool),
-over the WebSocket with an ``ack`` frame. Figures per run:
+``connected`` event, then POSTs the run's messages to ``/webhook/bench``
+(treq, one persistent connection pool). Every body is a GitHub-like push
+event of exactly ``BODY_BYTES`` bytes carrying the run's id, a sequence
+number and the ``time.perf_counter()`` at which its POST was issued. The
+connector acks each message as it arrives: over SSE with ``POST /connect/ack``
+(same pool), over the WebSocket with an ``ack`` frame. Two kinds of run:
 
-- **delivered msgs/s**: N / (first POST issued -> last message settled). SSE:
-  settled = the last ack POST answered 200 (``outcome: acked``). WebSocket
-  (acks are not answered): settled = the admin stats show ``messages_delivered``
-  up by N, polled every 10 ms once the last ack frame has been sent.
-- **POST msgs/s**: N / (first POST issued -> last POST answered).
-- **latency**: per message, the moment its event/frame reached the client
-  minus the ``sent_at`` in its payload (one process, one clock).
-- **CPU**: ``utime + stime`` of cwm and of redis-server (``/proc/PID/stat``)
-  and of this process (``os.times``) over the run, per message / per second.
+- **load** (``--messages``, default 5,000): ``--concurrency`` POSTs (default
+  32) always in flight, as fast as cwm answers. Gives the throughput. POSTs
+  are cheaper than deliveries, so a backlog builds up in Redis during the run
+  and these latencies include the time spent queued (the report shows the
+  largest backlog): they grow with the number of messages.
+- **paced** (``--paced-messages`` at ``--paced-rate`` msgs/s, default 1,000
+  at 100/s, well below capacity): POST n is issued at start + n / rate
+  (still at most ``--concurrency`` in flight). Gives the latency of one
+  message through an unloaded system. ``--paced-rate 0`` skips these runs.
 
-One warm-up run per protocol, then ``--rounds`` rounds with both protocols
-(order alternating); the table gives the medians of the rounds. Every run is
-checked: every POST answered 200, every posted sequence number arrived exactly
-once (none lost, none duplicated, none redelivered, none from another run),
-every SSE ack answered 200, and the channel's admin stats afterwards show
-``messages_delivered`` up by exactly N, nothing queued, in flight, expired or
-dead-lettered. Any failure, timeout or traceback in cwm's log makes the run
-invalid: the report then says why at the top, is written as
-``connect-<UTC date>-INVALID.md`` and the exit status is 1.
+Figures per run:
 
-Every wait is bounded: requests, connects and closes by ``REQUEST_TIMEOUT``,
-a whole run by ``--run-timeout``, start-up by ``--ready-timeout``. Redis and
-cwm are stopped (TERM, then KILL) and the temp dir removed at the end, on
-failure, Ctrl-C or SIGTERM too (``--keep-tmp`` keeps the logs).
+- **delivered msgs/s**: messages / (first POST issued -> last message
+  settled). SSE: settled = the last ack POST answered 200 ``acked``.
+  WebSocket (acks are frames, not answered): settled = the admin stats show
+  ``messages_delivered`` up by the run's messages, polled every 10 ms once
+  the last ack frame has been sent.
+- **POST msgs/s**: messages / (first POST issued -> last POST answered).
+- **latency**: per message, the moment its SSE event / WebSocket frame
+  reached the client minus the ``sent_at`` in its payload (one process, one
+  clock); and how long each POST took to be answered.
+- **CPU**: ``utime + stime`` of cwm and redis-server (``/proc/PID/stat``)
+  and of this process (``os.times``), and how busy each of the two cores was
+  (``/proc/stat``; this also counts kernel work, such as the loopback
+  network, that no process is charged for).
+
+One warm-up load run per protocol (``--warmup`` messages), then ``--rounds``
+rounds: each runs, per protocol (the order alternating between rounds), one
+load run then one paced run. The tables give the medians of the rounds.
+
+Every run is checked: every POST answered 200, every posted sequence number
+arrived exactly once (none lost, none duplicated, none redelivered, none from
+another run), every SSE ack answered 200, and the channel's admin stats
+afterwards show ``messages_delivered`` up by exactly the messages posted,
+nothing queued, in flight, expired or dead-lettered, no client connected. A
+failed check, a timeout or a traceback in cwm's log makes the benchmark
+invalid: the report says why at the top, is written as
+``connect-<UTC date>-INVALID.md``, and the exit status is 1.
+
+Every wait is bounded: each request, connect, close and stats wait by
+``REQUEST_TIMEOUT``, a whole run by ``--run-timeout``, start-up by
+``--ready-timeout``. Redis and cwm are stopped (TERM, then KILL) and the temp
+dir removed at the end, on failure, Ctrl-C or SIGTERM too (``--keep-tmp``
+keeps cwm's and Redis's logs).
 """
 
 from __future__ import annotations
@@ -64,17 +83,16 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any, TypeVar
 
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol, connectWS
-import treq
 from treq.client import HTTPClient
 from twisted.internet import reactor as _reactor
-from twisted.internet.defer import Deferred, FirstError, gatherResults
+from twisted.internet.defer import Deferred, DeferredSemaphore, FirstError, gatherResults
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
@@ -89,9 +107,10 @@ WEBHOOK = "bench"
 CHANNEL = "bench"
 CHANNEL_TOKEN = "tok"
 ADMIN_TOKEN = "adm"
+MAX_QUEUE_SIZE = 100_000
 BODY_BYTES = 400
 REQUEST_TIMEOUT = 10.0
-"""Seconds any one request, connect, close or stats check may take."""
+"""Seconds any one request, connect, close or stats wait may take."""
 STATS_POLL = 0.01
 """Seconds between admin stats polls while waiting for the WebSocket acks to land."""
 PROTOCOLS = {"sse": "SSE", "ws": "WebSocket"}
@@ -112,9 +131,8 @@ class Interrupted(Exception):
 # --- options ---------------------------------------------------------------------------------
 
 
-def _env_int(name: str, default: int) -> int:
-    raw = os.environ.get(name, "").strip()
-    return int(raw) if raw else default
+def _env(name: str, default: str) -> str:
+    return os.environ.get(name, "").strip() or default
 
 
 def parse_options(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -122,30 +140,33 @@ def parse_options(argv: Sequence[str] | None = None) -> argparse.Namespace:
         description="Webhook Connect benchmark: one SSE client, then one WebSocket client (see bench/README.rst).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--messages", type=int, default=_env_int("MESSAGES", 5000), help="messages per measured run (env MESSAGES)")
-    p.add_argument("--warmup", type=int, default=_env_int("WARMUP", 500), help="messages of the warm-up run per protocol (env WARMUP)")
-    p.add_argument("--rounds", type=int, default=_env_int("ROUNDS", 3), help="measured runs per protocol (env ROUNDS)")
-    p.add_argument("--concurrency", type=int, default=_env_int("CONCURRENCY", 32), help="POSTs kept in flight (env CONCURRENCY)")
-    p.add_argument("--protocols", default=os.environ.get("PROTOCOLS", "sse,ws"), help="comma-separated: sse, ws (env PROTOCOLS)")
-    p.add_argument("--max-in-flight", type=int, default=_env_int("MAX_IN_FLIGHT", 100), help="the channel's max_in_flight")
-    p.add_argument("--run-timeout", type=float, default=float(_env_int("RUN_TIMEOUT", 120)), help="seconds one run may take")
-    p.add_argument("--ready-timeout", type=float, default=float(_env_int("READY_TIMEOUT", 30)), help="seconds start-up may take")
-    p.add_argument("--server-cpu", type=int, default=_env_int("SERVER_CPU", 0), help="core cwm is pinned to")
-    p.add_argument("--redis-cpu", default=os.environ.get("REDIS_CPU", "0"), help="core redis-server is pinned to ('none': not pinned)")
-    p.add_argument("--client-cpu", type=int, default=_env_int("CLIENT_CPU", 1), help="core this client is pinned to")
-    p.add_argument("--results", type=Path, default=ROOT / "bench" / "results", help="directory of the results file")
-    p.add_argument("--keep-tmp", action="store_true", default=os.environ.get("KEEP_TMP", "0") == "1",
-                   help="keep the temp dir (cwm's and redis's logs) (env KEEP_TMP=1)")
+    add = p.add_argument
+    add("--messages", type=int, default=int(_env("MESSAGES", "5000")), help="messages per load run (env MESSAGES)")
+    add("--warmup", type=int, default=int(_env("WARMUP", "500")), help="messages of the warm-up run per protocol (env WARMUP)")
+    add("--rounds", type=int, default=int(_env("ROUNDS", "3")), help="rounds (env ROUNDS)")
+    add("--concurrency", type=int, default=int(_env("CONCURRENCY", "32")), help="POSTs kept in flight (env CONCURRENCY)")
+    add("--paced-messages", type=int, default=int(_env("PACED_MESSAGES", "1000")), help="messages per paced run (env PACED_MESSAGES)")
+    add("--paced-rate", type=float, default=float(_env("PACED_RATE", "100")), help="POSTs/s of a paced run, 0: none (env PACED_RATE)")
+    add("--protocols", default=_env("PROTOCOLS", "sse,ws"), help="comma-separated: sse, ws (env PROTOCOLS)")
+    add("--max-in-flight", type=int, default=100, help="the channel's max_in_flight")
+    add("--run-timeout", type=float, default=float(_env("RUN_TIMEOUT", "120")), help="seconds one run may take (env RUN_TIMEOUT)")
+    add("--ready-timeout", type=float, default=float(_env("READY_TIMEOUT", "30")), help="seconds start-up may take (env READY_TIMEOUT)")
+    add("--server-cpu", type=int, default=int(_env("SERVER_CPU", "0")), help="core of cwm (env SERVER_CPU)")
+    add("--redis-cpu", default=_env("REDIS_CPU", "0"), help="core of redis-server, 'none': not pinned (env REDIS_CPU)")
+    add("--client-cpu", type=int, default=int(_env("CLIENT_CPU", "1")), help="core of this client (env CLIENT_CPU)")
+    add("--results", type=Path, default=ROOT / "bench" / "results", help="directory of the results file")
+    add("--keep-tmp", action="store_true", default=_env("KEEP_TMP", "0") == "1",
+        help="keep the temp dir with cwm's and redis's logs (env KEEP_TMP=1)")
     o = p.parse_args(argv)
     o.protocols = [name.strip() for name in o.protocols.split(",") if name.strip()]
     if not o.protocols or any(name not in PROTOCOLS for name in o.protocols):
         p.error(f"--protocols: expected a comma-separated list of {', '.join(PROTOCOLS)}")
-    for name in ("messages", "rounds", "concurrency", "max_in_flight"):
+    for name in ("messages", "rounds", "concurrency", "max_in_flight", "paced_messages"):
         if getattr(o, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be at least 1")
-    if o.warmup < 0:
-        p.error("--warmup must not be negative")
-    o.redis_cpu = None if o.redis_cpu.strip().lower() in ("", "none") else int(o.redis_cpu)
+    if o.warmup < 0 or o.paced_rate < 0:
+        p.error("--warmup and --paced-rate must not be negative")
+    o.redis_cpu = None if o.redis_cpu.lower() == "none" else int(o.redis_cpu)
     return o
 
 
@@ -153,9 +174,15 @@ def parse_options(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def percentile(values: Sequence[float], p: float) -> float:
-    """Nearest-rank percentile (p99 of 5,000 samples is the 4,950th smallest)."""
+    """Nearest-rank percentile (p99 of 5,000 samples is the 4,950th smallest); NaN if none."""
+    if not values:
+        return float("nan")
     ordered = sorted(values)
     return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]
+
+
+def median(values: Sequence[float]) -> float:
+    return statistics.median(values) if values else float("nan")
 
 
 def free_port() -> int:
@@ -165,15 +192,22 @@ def free_port() -> int:
 
 
 def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process, from /proc/PID/stat."""
+    """utime + stime of a process (all its threads), from /proc/PID/stat."""
     with open(f"/proc/{pid}/stat", encoding="ascii") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def own_cpu_seconds() -> float:
-    t = os.times()
-    return t.user + t.system
+def core_times() -> dict[int, tuple[int, int]]:
+    """Per core: (all ticks, idle + iowait ticks), from /proc/stat."""
+    cores = {}
+    with open("/proc/stat", encoding="ascii") as f:
+        for line in f:
+            name, *values = line.split()
+            if name.startswith("cpu") and name != "cpu":
+                ticks = [int(v) for v in values]
+                cores[int(name[3:])] = (sum(ticks[:8]), ticks[3] + ticks[4])  # guest time is in user already
+    return cores
 
 
 def rss_mib(pid: int) -> float:
@@ -211,7 +245,7 @@ def webhook_entry(max_in_flight: int) -> dict[str, Any]:
         "module-config": {
             "channel": CHANNEL,
             "channel_token": CHANNEL_TOKEN,
-            "max_queue_size": 100000,
+            "max_queue_size": MAX_QUEUE_SIZE,
             "max_in_flight": max_in_flight,
         },
     }
@@ -219,7 +253,7 @@ def webhook_entry(max_in_flight: int) -> dict[str, Any]:
 
 def bounded(work: Coroutine[Any, Any, T] | Deferred[T], seconds: float) -> Deferred[T]:
     """``work`` as a Deferred that fails with TimeoutError after ``seconds`` (and cancels it)."""
-    d: Deferred[T] = Deferred.fromCoroutine(work) if not isinstance(work, Deferred) else work
+    d: Deferred[T] = work if isinstance(work, Deferred) else Deferred.fromCoroutine(work)
     return d.addTimeout(seconds, reactor)
 
 
@@ -279,7 +313,9 @@ class Servers:
             return False
 
     def start_cwm(self) -> None:
-        (self.tmp / "webhooks.json").write_text(json.dumps({WEBHOOK: webhook_entry(self.options.max_in_flight)}, indent=2))
+        """Start cwm; returns once its log says "configuration loaded" and /health answers 200."""
+        webhooks = {WEBHOOK: webhook_entry(self.options.max_in_flight)}
+        (self.tmp / "webhooks.json").write_text(json.dumps(webhooks, indent=2))
         (self.tmp / "connections.json").write_text("{}")
         env = dict(os.environ)
         env.update(
@@ -288,6 +324,7 @@ class Servers:
             WEBHOOK_CONNECT_ADMIN_TOKEN=ADMIN_TOKEN,
             WEBHOOK_CONNECT_KEY_PREFIX=self.prefix,
         )
+        # Not installed in the venv: serve the working tree (twistd finds ./twisted/plugins).
         if subprocess.run([sys.executable, "-c", "import cwm"], cwd="/", capture_output=True).returncode:
             env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
         self.port = free_port()
@@ -296,7 +333,7 @@ class Servers:
             "--webhooks", str(self.tmp / "webhooks.json"), "--connections", str(self.tmp / "connections.json"),
         ]
         with open(self.cwm_log, "wb") as log:
-            self.cwm = subprocess.Popen(self._pinned(self.options.server_cpu, argv), cwd=self.tmp, env=env,
+            self.cwm = subprocess.Popen(self._pinned(self.options.server_cpu, argv), cwd=ROOT, env=env,
                                         stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + self.options.ready_timeout
         while time.monotonic() < deadline:
@@ -364,8 +401,9 @@ class Delivery:
         self.posts_done = 0.0
         self.posting = True
         self.posted: set[int] = set()  # answered 200
+        self.post_seconds: list[float] = []  # how long each POST took to be answered 200
         self.post_failures: list[str] = []
-        self.latency: dict[int, float] = {}  # seq -> seconds, first delivery
+        self.latency: dict[int, float] = {}  # seq -> seconds, POST issued -> received (first delivery)
         self.deliveries = 0  # webhook events/frames seen, duplicates included
         self.duplicates = 0
         self.redelivered = 0  # delivery_count > 1
@@ -377,10 +415,11 @@ class Delivery:
         self.max_backlog = 0  # posted (200) but not yet received, sampled at each POST answer
         self.finished: Deferred[None] = Deferred()
 
-    def post_answered(self, seq: int, failure: str | None) -> None:
+    def post_answered(self, seq: int, sent_at: float, at: float, failure: str | None) -> None:
         if failure is None:
             self.posted.add(seq)
-            self.max_backlog = max(self.max_backlog, len(self.posted) - len(self.latency))
+            self.post_seconds.append(at - sent_at)
+            self.max_backlog = max(self.max_backlog, len(self.posted - self.latency.keys()))
         else:
             self.post_failures.append(f"seq {seq}: {failure}")
 
@@ -390,7 +429,7 @@ class Delivery:
         self._check()
 
     def received(self, message: Any, at: float) -> None:
-        """One ``webhook`` event/frame: its wire form, received at ``at`` (perf_counter)."""
+        """One ``webhook`` event/frame (its wire form), received at ``at`` (perf_counter)."""
         self.deliveries += 1
         payload = message.get("payload") if isinstance(message, dict) else None
         mark = payload.get("bench") if isinstance(payload, dict) else None
@@ -446,13 +485,11 @@ class SSEReader(Protocol):
         *lines, self._buffer = (self._buffer + data).split(b"\n")
         for raw in lines:
             line = raw.rstrip(b"\r").decode("utf-8")
-            if not line:
+            if not line:  # a blank line ends the event
                 if self._data or self._name:
                     self._on_event(self._name or "message", "\n".join(self._data), at)
                 self._name, self._data = "", []
-            elif line.startswith(":"):
-                continue
-            else:
+            elif not line.startswith(":"):  # ":..." is a comment
                 key, _, value = line.partition(":")
                 value = value[1:] if value.startswith(" ") else value
                 if key == "event":
@@ -524,22 +561,25 @@ class BenchSocketFactory(WebSocketClientFactory):
 @dataclass
 class RunResult:
     protocol: str
-    label: str  # "warm-up" or the round number
+    kind: str  # "warm-up", "load" or "paced"
+    round: int  # 0 for the warm-up
     messages: int
+    rate: float | None  # POSTs/s of a paced run
     delivery: Delivery
     settled_at: float = 0.0
     cpu: dict[str, float] = field(default_factory=dict)  # seconds over the run: cwm, redis, client
+    busy: dict[int, float] = field(default_factory=dict)  # core -> fraction busy over the run
     stats_before: dict[str, Any] = field(default_factory=dict)
     stats_after: dict[str, Any] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
 
     @property
-    def measured(self) -> bool:
-        return self.label != "warm-up"
+    def name(self) -> str:
+        return f"{PROTOCOLS[self.protocol]} {self.kind}" + (f" {self.round}" if self.round else "")
 
     @property
     def seconds(self) -> float:
-        """First POST -> settled; NaN if it never settled (a failed run)."""
+        """First POST issued -> settled; NaN if it never settled (a failed run)."""
         if self.settled_at <= self.delivery.first_post:
             return float("nan")
         return self.settled_at - self.delivery.first_post
@@ -550,14 +590,20 @@ class RunResult:
 
     @property
     def post_rate(self) -> float:
-        return self.messages / (self.delivery.posts_done - self.delivery.first_post)
+        d = self.delivery
+        return self.messages / (d.posts_done - d.first_post) if d.posts_done > d.first_post else float("nan")
 
     def latency_ms(self, p: float) -> float:
-        latencies = list(self.delivery.latency.values())
-        return 1000 * percentile(latencies, p) if latencies else float("nan")
+        return 1000 * percentile(list(self.delivery.latency.values()), p)
+
+    def post_ms(self, p: float) -> float:
+        return 1000 * percentile(self.delivery.post_seconds, p)
 
     def cpu_us_per_message(self, who: str) -> float:
         return 1e6 * self.cpu[who] / self.messages
+
+    def cpu_percent(self, who: str) -> float:
+        return 100 * self.cpu[who] / self.seconds
 
 
 class Bench:
@@ -577,6 +623,7 @@ class Bench:
         await self.pool.closeCachedConnections()
 
     async def request(self, method: str, url: str, headers: dict[str, str], body: bytes | None = None) -> tuple[int, bytes]:
+        """One request over the pool, body read; (status, body)."""
         async def go() -> tuple[int, bytes]:
             response = await self.http.request(method, url, headers=headers, data=body, allow_redirects=False)
             return response.code, await response.content()
@@ -602,37 +649,46 @@ class Bench:
                 return stats, at
             await sleep(STATS_POLL)
 
-    async def post_all(self, delivery: Delivery) -> None:
-        """POST the run's messages, ``concurrency`` at a time."""
-        url = f"{self.base}/webhook/{WEBHOOK}"
-        headers = {"Content-Type": "application/json"}
-        seqs: Iterator[int] = iter(range(delivery.messages))
+    async def post_one(self, delivery: Delivery, seq: int) -> None:
+        sent_at = time.perf_counter()
+        delivery.first_post = delivery.first_post or sent_at
+        body = push_event(delivery.run, seq, sent_at)
+        try:
+            code, answer = await self.request("POST", f"{self.base}/webhook/{WEBHOOK}",
+                                              {"Content-Type": "application/json"}, body)
+        except Exception as e:
+            delivery.post_answered(seq, sent_at, time.perf_counter(), f"{type(e).__name__}: {e}")
+            return
+        delivery.post_answered(seq, sent_at, time.perf_counter(), None if code == 200 else f"{code} {answer[:200]!r}")
 
-        async def worker() -> None:
-            for seq in seqs:  # one iterator shared by every worker
-                sent_at = time.perf_counter()
-                delivery.first_post = delivery.first_post or sent_at
-                try:
-                    code, body = await self.request("POST", url, headers, push_event(delivery.run, seq, sent_at))
-                except Exception as e:
-                    delivery.post_answered(seq, f"{type(e).__name__}: {e}")
-                    continue
-                delivery.post_answered(seq, None if code == 200 else f"{code} {body[:200]!r}")
-
-        await gatherResults([Deferred.fromCoroutine(worker()) for _ in range(self.options.concurrency)])
+    async def post_all(self, delivery: Delivery, rate: float | None) -> None:
+        """POST the run's messages: ``concurrency`` at a time, at most ``rate`` per second if given."""
+        slots = DeferredSemaphore(self.options.concurrency)
+        posts: list[Deferred[None]] = []
+        start = time.perf_counter()
+        for seq in range(delivery.messages):
+            if rate:
+                wait = start + seq / rate - time.perf_counter()
+                if wait > 0:
+                    await sleep(wait)
+            await slots.acquire()
+            post = Deferred.fromCoroutine(self.post_one(delivery, seq))
+            post.addBoth(lambda _: slots.release())
+            posts.append(post)
+        await gatherResults(posts)
         delivery.all_posted(time.perf_counter())
 
-    async def run(self, protocol: str, label: str, messages: int) -> RunResult:
+    async def run(self, protocol: str, kind: str, round_: int, messages: int, rate: float | None = None) -> RunResult:
         self.servers.check_alive()
         self.counter += 1
-        result = RunResult(protocol, label, messages, Delivery(f"{protocol}-{self.counter}", messages))
-        say(f"{PROTOCOLS[protocol]} {label}: {messages} messages")
+        result = RunResult(protocol, kind, round_, messages, rate, Delivery(f"{protocol}-{self.counter}", messages))
+        say(f"{result.name}: {messages} messages" + (f" at {rate:g}/s" if rate else ""))
         opened = self.open_sse if protocol == "sse" else self.open_ws
         close = await opened(result.delivery)
         try:
             result.stats_before = await self.stats()
-            before = self.cpu_snapshot()
-            posting = Deferred.fromCoroutine(self.post_all(result.delivery))
+            before, cores_before = self.cpu_snapshot(), core_times()
+            posting = Deferred.fromCoroutine(self.post_all(result.delivery, rate))
             try:
                 await bounded(gatherResults([posting, result.delivery.finished], consumeErrors=True),
                               self.options.run_timeout)
@@ -640,18 +696,21 @@ class Bench:
                 d = result.delivery
                 reason = e.subFailure.value if isinstance(e, FirstError) else e
                 raise BenchError(
-                    f"{PROTOCOLS[protocol]} {label}: {type(reason).__name__} {reason} after {len(d.posted)} POSTs"
+                    f"{result.name}: {type(reason).__name__} {reason} after {len(d.posted)} POSTs"
                     f" answered 200, {len(d.latency)} messages received, {d.acks_done} acks"
                 ) from None
             if protocol == "sse":
                 result.settled_at = result.delivery.last_ack
-            else:  # WebSocket acks are not answered: the stats tell when they all landed
+            else:  # WebSocket acks are not answered: the stats tell when they have all landed
                 expected = result.stats_before["messages_delivered"] + len(result.delivery.posted)
-                stats, result.settled_at = await self.wait_stats(
-                    lambda s: s["messages_delivered"] >= expected, REQUEST_TIMEOUT
-                )
-            after = self.cpu_snapshot()
+                _, result.settled_at = await self.wait_stats(lambda s: s["messages_delivered"] >= expected,
+                                                             REQUEST_TIMEOUT)
+            after, cores_after = self.cpu_snapshot(), core_times()
             result.cpu = {who: after[who] - before[who] for who in before}
+            result.busy = {
+                core: 1 - (cores_after[core][1] - idle) / max(1, cores_after[core][0] - total)
+                for core, (total, idle) in cores_before.items()
+            }
         finally:
             await close()
         await self.check(result)
@@ -659,16 +718,16 @@ class Bench:
 
     def cpu_snapshot(self) -> dict[str, float]:
         assert self.servers.cwm is not None and self.servers.redis is not None
+        times = os.times()
         return {
             "cwm": cpu_seconds(self.servers.cwm.pid),
             "redis": cpu_seconds(self.servers.redis.pid),
-            "client": own_cpu_seconds(),
+            "client": times.user + times.system,
         }
 
     async def open_sse(self, delivery: Delivery) -> Callable[[], Awaitable[None]]:
-        """Open the SSE stream; returns the call that closes it."""
+        """Open the SSE stream, acking every webhook event; returns the call that closes it."""
         connected: Deferred[str] = Deferred()
-        connection_id = ""
         ack_headers: dict[str, str] = {}
 
         async def ack(message_id: str) -> None:
@@ -679,8 +738,8 @@ class Bench:
             except Exception as e:
                 delivery.ack_answered(time.perf_counter(), f"{message_id}: {type(e).__name__}: {e}")
                 return
-            at = time.perf_counter()
-            delivery.ack_answered(at, None if outcome == "acked" else f"{message_id}: {code} {body[:200]!r}")
+            failure = None if outcome == "acked" else f"{message_id}: {code} {body[:200]!r}"
+            delivery.ack_answered(time.perf_counter(), failure)
 
         def on_event(name: str, data: str, at: float) -> None:
             if name == "webhook":
@@ -711,7 +770,7 @@ class Bench:
         return close
 
     async def open_ws(self, delivery: Delivery) -> Callable[[], Awaitable[None]]:
-        """Open the WebSocket; returns the call that closes it."""
+        """Open the WebSocket (it acks every webhook frame); returns the call that closes it."""
         factory = BenchSocketFactory(f"ws://127.0.0.1:{self.servers.port}/connect/stream/{CHANNEL}", delivery)
         connector = connectWS(factory, timeout=REQUEST_TIMEOUT)
         try:
@@ -745,44 +804,43 @@ class Bench:
             problems.append(f"{len(d.ack_failures)} acks failed, e.g. {d.ack_failures[0]}")
         problems.extend(d.errors)
         expected = result.stats_before["messages_delivered"] + len(d.posted)
-        zero = ("messages_queued", "messages_in_flight")
+        zero = ("messages_queued", "messages_in_flight", "connected_clients")
         same = ("messages_expired", "messages_dead_lettered")
 
         def settled(s: dict[str, Any]) -> bool:
-            return s["messages_delivered"] == expected and all(s[k] == 0 for k in zero) and s["connected_clients"] == 0
+            return s["messages_delivered"] == expected and all(s[k] == 0 for k in zero)
 
         result.stats_after, _ = await self.wait_stats(settled, REQUEST_TIMEOUT)
         after, before = result.stats_after, result.stats_before
         delta = after["messages_delivered"] - before["messages_delivered"]
         if delta != len(d.posted):
             problems.append(f"stats: messages_delivered went up by {delta}, not {len(d.posted)}")
-        for key in zero:
-            if after[key]:
-                problems.append(f"stats: {key} is {after[key]} after the run")
-        for key in same:
-            if after[key] != before[key]:
-                problems.append(f"stats: {key} went from {before[key]} to {after[key]}")
-        if after["connected_clients"]:
-            problems.append(f"stats: {after['connected_clients']} clients still connected after the close")
+        problems.extend(f"stats: {key} is {after[key]} after the run" for key in zero if after[key])
+        problems.extend(
+            f"stats: {key} went from {before[key]} to {after[key]}" for key in same if after[key] != before[key]
+        )
 
 
 async def measure(options: argparse.Namespace, servers: Servers, results: list[RunResult]) -> None:
-    """Warm-up per protocol, then the rounds (protocol order alternating); appends to ``results``."""
+    """The warm-ups, then the rounds (protocol order alternating); appends to ``results``."""
     bench = Bench(options, servers)
     try:
         if options.warmup:
             for protocol in options.protocols:
-                results.append(await bench.run(protocol, "warm-up", options.warmup))
+                results.append(await bench.run(protocol, "warm-up", 0, options.warmup))
         for number in range(1, options.rounds + 1):
-            order = options.protocols if number % 2 else options.protocols[::-1]
-            for protocol in order:
-                results.append(await bench.run(protocol, str(number), options.messages))
+            for protocol in options.protocols if number % 2 else options.protocols[::-1]:
+                results.append(await bench.run(protocol, "load", number, options.messages))
+                if options.paced_rate:
+                    results.append(
+                        await bench.run(protocol, "paced", number, options.paced_messages, options.paced_rate)
+                    )
     finally:
         await bench.close()
 
 
 def run_reactor(options: argparse.Namespace, servers: Servers, results: list[RunResult]) -> None:
-    """Run ``measure`` on the reactor; raises what it raised (or BenchError if interrupted)."""
+    """Run ``measure`` on the reactor; raises what it raised (Interrupted if the reactor was stopped)."""
     outcome: list[Failure | None] = []
 
     def done(result: Any) -> None:
@@ -800,11 +858,7 @@ def run_reactor(options: argparse.Namespace, servers: Servers, results: list[Run
 # --- the report ------------------------------------------------------------------------------
 
 
-def median(values: Sequence[float]) -> float:
-    return statistics.median(values) if values else float("nan")
-
-
-def machine_facts(servers: Servers) -> dict[str, str]:
+def machine_facts() -> dict[str, str]:
     def run(*argv: str) -> str:
         try:
             return subprocess.run(argv, capture_output=True, text=True, timeout=10, cwd=ROOT).stdout.strip()
@@ -820,11 +874,13 @@ def machine_facts(servers: Servers) -> dict[str, str]:
     commit = run("git", "rev-parse", "--short", "HEAD") or "?"
     if run("git", "status", "--porcelain", "--", "cwm"):
         commit += " + uncommitted changes in cwm/"
+    with open("/proc/loadavg", encoding="ascii") as f:
+        load = " ".join(f.read().split()[:3])
     return {
-        "nproc": str(os.cpu_count()),
+        "nproc": run("nproc"),
         "CPU": cpu_model,
         "kernel": f"{platform.system()} {platform.release()}",
-        "load average before": " ".join(open("/proc/loadavg", encoding="ascii").read().split()[:3]),
+        "load average at the start": load,
         "Python": f"{platform.python_implementation()} {platform.python_version()}",
         "Twisted / treq / autobahn": f"{version('twisted')} / {version('treq')} / {version('autobahn')}",
         "redis-server": run("redis-server", "--version").replace("Redis server ", ""),
@@ -832,95 +888,140 @@ def machine_facts(servers: Servers) -> dict[str, str]:
     }
 
 
+def _f(value: float, digits: int = 0) -> str:
+    return "–" if math.isnan(value) else f"{value:,.{digits}f}"
+
+
 def report(options: argparse.Namespace, facts: dict[str, str], results: list[RunResult], failure: str | None,
            log_problems: list[str], started: datetime.datetime, cwm_rss: float) -> tuple[str, bool]:
-    """The Markdown report, and whether the run is valid."""
-    problems = [f"{PROTOCOLS[r.protocol]} {r.label}: {p}" for r in results for p in r.problems]
+    """The Markdown report, and whether the benchmark is valid."""
+    problems = [f"{r.name}: {p}" for r in results for p in r.problems]
     if failure:
         problems.append(failure)
     problems += [f"cwm's log: {line}" for line in log_problems[:10]]
-    measured = [r for r in results if r.measured]
+    kinds = ["load"] + (["paced"] if options.paced_rate else [])
     for protocol in options.protocols:
-        if len([r for r in measured if r.protocol == protocol]) < options.rounds:
-            problems.append(f"{PROTOCOLS[protocol]}: fewer measured runs than {options.rounds}")
+        for kind in kinds:
+            done = sum(1 for r in results if r.protocol == protocol and r.kind == kind)
+            if done < options.rounds:
+                problems.append(f"{PROTOCOLS[protocol]} {kind}: {done} of {options.rounds} runs done")
     valid = not problems
+    server, client = options.server_cpu, options.client_cpu
+    redis_where = f"core {options.redis_cpu}" if options.redis_cpu is not None else "any core"
+
+    def runs(protocol: str, kind: str) -> list[RunResult]:
+        return [r for r in results if r.protocol == protocol and r.kind == kind]
 
     out: list[str] = [f"# Webhook Connect benchmark, {started:%Y-%m-%d %H:%M:%S} UTC", ""]
     if not valid:
         out += ["**INVALID RUN**:", ""] + [f"- {p}" for p in problems] + [""]
     out += [
-        f"One connector at a time (one SSE stream, or one WebSocket) on channel `{CHANNEL}`; this client posts "
-        f"{options.messages:,} messages per run to `POST /webhook/{WEBHOOK}` ({options.concurrency} POSTs in flight, "
-        f"{BODY_BYTES}-byte JSON push events) and acks each message as it arrives. cwm on core {options.server_cpu}, "
-        f"redis-server on {'core ' + str(options.redis_cpu) if options.redis_cpu is not None else 'any core'}, "
-        f"this client (one Twisted process: treq, autobahn) on core {options.client_cpu}. "
-        f"Medians of {options.rounds} rounds after one warm-up run of {options.warmup:,} messages per protocol.",
+        f"One connector at a time (one SSE stream, or one WebSocket) on channel `{CHANNEL}`; this client POSTs "
+        f"{BODY_BYTES}-byte JSON push events to `/webhook/{WEBHOOK}` and the connector acks each message as it "
+        f"arrives. cwm on core {server}, redis-server on {redis_where}, this client (one Twisted process: treq, "
+        f"autobahn) on core {client}. Medians of {options.rounds} rounds, after one warm-up run of "
+        f"{options.warmup:,} messages per protocol.",
+        "",
+        f"## Throughput: {options.messages:,} messages per run, {options.concurrency} POSTs in flight",
         "",
         "| protocol | delivered msgs/s (first POST → last ack) | POST msgs/s | latency p50 ms | latency p99 ms "
-        "| cwm CPU µs/msg | redis CPU µs/msg | client CPU µs/msg |",
-        "|---|---|---|---|---|---|---|---|",
+        f"| max backlog | cwm CPU µs/msg | core {server} busy % | core {client} busy % |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for protocol in options.protocols:
-        runs = [r for r in measured if r.protocol == protocol]
-        if not runs:
-            continue
-        out.append(
-            f"| {PROTOCOLS[protocol]} | {median([r.delivered_rate for r in runs]):,.0f} "
-            f"| {median([r.post_rate for r in runs]):,.0f} "
-            f"| {median([r.latency_ms(50) for r in runs]):.1f} | {median([r.latency_ms(99) for r in runs]):.1f} "
-            f"| {median([r.cpu_us_per_message('cwm') for r in runs]):,.0f} "
-            f"| {median([r.cpu_us_per_message('redis') for r in runs]):,.0f} "
-            f"| {median([r.cpu_us_per_message('client') for r in runs]):,.0f} |"
-        )
+        if rs := runs(protocol, "load"):
+            out.append(
+                f"| {PROTOCOLS[protocol]} | {_f(median([r.delivered_rate for r in rs]))} "
+                f"| {_f(median([r.post_rate for r in rs]))} "
+                f"| {_f(median([r.latency_ms(50) for r in rs]), 1)} | {_f(median([r.latency_ms(99) for r in rs]), 1)} "
+                f"| {_f(median([r.delivery.max_backlog for r in rs]))} "
+                f"| {_f(median([r.cpu_us_per_message('cwm') for r in rs]))} "
+                f"| {_f(median([100 * r.busy.get(server, math.nan) for r in rs]))} "
+                f"| {_f(median([100 * r.busy.get(client, math.nan) for r in rs]))} |"
+            )
     out += [
         "",
         "- **delivered msgs/s**: messages / (first POST issued → last message settled). SSE: the last "
         "`POST /connect/ack` answered 200 `acked`. WebSocket (acks are frames, not answered): the admin stats "
-        f"showed `messages_delivered` up by N, polled every {STATS_POLL * 1000:g} ms after the last ack frame was sent.",
+        f"showed `messages_delivered` up by the run's messages, polled every {STATS_POLL * 1000:g} ms after the "
+        "last ack frame was sent.",
         "- **POST msgs/s**: messages / (first POST issued → last POST answered 200).",
-        "- **latency**: message received by the client (SSE event / WebSocket frame) minus the `sent_at` in its "
-        "payload (when its POST was issued), same process clock. With the POSTs faster than delivery, the "
-        "backlog grows during a run and the latency includes the wait in the queue (see *max backlog* below).",
-        "- **CPU µs/msg**: utime + stime over the run (from the first POST to settled), per message.",
+        "- **latency**: the message's SSE event / WebSocket frame reached the client, minus the `sent_at` in its "
+        "payload (when its POST was issued); same process, same clock. POSTs are answered faster than messages "
+        "are delivered, so a backlog builds up in Redis during these runs (**max backlog**: the most messages "
+        "answered 200 but not yet received, sampled at each POST answer): these latencies are mostly time spent "
+        "queued, and grow with the messages per run. The paced runs below give the latency without a backlog.",
+        "- **cwm CPU µs/msg**: cwm's utime + stime over the run, per message. **core busy %**: from `/proc/stat`, "
+        "which also counts the kernel's work (loopback networking) that no process is charged for.",
+    ]
+    if options.paced_rate:
+        out += [
+            "",
+            f"## Latency at {options.paced_rate:g} msgs/s: {options.paced_messages:,} messages per run, paced",
+            "",
+            "| protocol | achieved POSTs/s | latency p50 ms | p90 ms | p99 ms | max ms | POST answered p50 ms | p99 ms "
+            "| max backlog |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for protocol in options.protocols:
+            if rs := runs(protocol, "paced"):
+                out.append(
+                    f"| {PROTOCOLS[protocol]} | {_f(median([r.post_rate for r in rs]))} "
+                    + "".join(f"| {_f(median([r.latency_ms(p) for r in rs]), 1)} " for p in (50, 90, 99, 100))
+                    + "".join(f"| {_f(median([r.post_ms(p) for r in rs]), 1)} " for p in (50, 99))
+                    + f"| {_f(median([r.delivery.max_backlog for r in rs]))} |"
+                )
+        out += [
+            "",
+            f"POST n is issued at start + n / {options.paced_rate:g} s (at most {options.concurrency} in flight), "
+            "well below the throughput above: the latency of one message through cwm and Redis to the connector "
+            "when nothing queues. **POST answered**: how long the sender waits for cwm's 200.",
+        ]
+    out += [
         "",
         "## Runs",
         "",
-        "| protocol | run | messages | seconds | delivered msgs/s | POST msgs/s | p50 ms | p90 ms | p99 ms | max ms "
-        "| max backlog | cwm CPU % | redis CPU % | client CPU % | checks |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| run | messages | seconds | delivered msgs/s | POST msgs/s | latency p50 ms | p90 ms | p99 ms | max ms "
+        f"| POST p50 ms | POST p99 ms | max backlog | cwm CPU % | redis CPU % | client CPU % | core {server} busy % "
+        f"| core {client} busy % | checks |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
-        busy = {who: 100 * r.cpu[who] / r.seconds for who in r.cpu}
         out.append(
-            f"| {PROTOCOLS[r.protocol]} | {r.label} | {r.messages:,} | {r.seconds:.2f} | {r.delivered_rate:,.0f} "
-            f"| {r.post_rate:,.0f} | {r.latency_ms(50):.1f} | {r.latency_ms(90):.1f} | {r.latency_ms(99):.1f} "
-            f"| {r.latency_ms(100):.1f} | {r.delivery.max_backlog:,} | {busy['cwm']:.0f} | {busy['redis']:.0f} "
-            f"| {busy['client']:.0f} | {'ok' if not r.problems else 'FAILED'} |"
+            f"| {r.name} | {r.messages:,} | {_f(r.seconds, 2)} | {_f(r.delivered_rate)} | {_f(r.post_rate)} "
+            + "".join(f"| {_f(r.latency_ms(p), 1)} " for p in (50, 90, 99, 100))
+            + "".join(f"| {_f(r.post_ms(p), 1)} " for p in (50, 99))
+            + f"| {r.delivery.max_backlog:,} "
+            + "".join(f"| {_f(r.cpu_percent(who))} " for who in ("cwm", "redis", "client"))
+            + "".join(f"| {_f(100 * r.busy.get(core, math.nan))} " for core in (server, client))
+            + f"| {'ok' if not r.problems else 'FAILED'} |"
         )
     out += [
         "",
-        "*max backlog*: the most messages posted (answered 200) but not yet received by the client, sampled at each "
-        "POST answer. *CPU %*: of one core, over the run's seconds. *checks*: every POST answered 200; every posted "
-        "sequence number received exactly once, with `delivery_count` 1 and none from another run; every SSE ack "
-        "answered 200 `acked`; afterwards the channel's admin stats show `messages_delivered` up by exactly the "
-        "messages posted, 0 queued, 0 in flight, no new expired or dead-lettered messages, 0 connected clients.",
+        "*CPU %*: of one core, over the run's seconds. *checks*: every POST answered 200; every posted sequence "
+        "number received exactly once, with `delivery_count` 1, none from another run; every SSE ack answered 200 "
+        "`acked`; afterwards the channel's admin stats show `messages_delivered` up by exactly the messages posted, "
+        "0 queued, 0 in flight, no new expired or dead-lettered message, 0 connected clients.",
         "",
         "## Settings",
         "",
-        f"- messages per measured run: {options.messages:,}; warm-up: {options.warmup:,} per protocol; "
-        f"rounds: {options.rounds} (protocol order alternating)",
-        f"- POSTs in flight: {options.concurrency}; body: {BODY_BYTES} bytes of JSON (a GitHub-like push event with "
-        "`bench: {run, seq, sent_at}`), `Content-Type: application/json`, no authorization",
-        f"- webhooks.json: `{json.dumps(webhook_entry(options.max_in_flight), separators=(', ', ': '))}`"
-        " (other channel settings at their defaults: ack timeout 30 s, heartbeat 30 s, max 5 deliveries)",
-        "- cwm: `twistd --pidfile= -n cwm --listen tcp:PORT:interface=127.0.0.1`, stdout and stderr to a file; "
-        "`WEBHOOK_CONNECT_ENABLED=true`, a fresh `WEBHOOK_CONNECT_KEY_PREFIX`, the admin token set",
+        f"- load runs: {options.messages:,} messages, {options.concurrency} POSTs in flight; paced runs: "
+        + (f"{options.paced_messages:,} messages at {options.paced_rate:g}/s" if options.paced_rate else "none")
+        + f"; warm-up: one load run of {options.warmup:,} messages per protocol; {options.rounds} rounds, protocol "
+        "order alternating",
+        f"- body: {BODY_BYTES} bytes of JSON (a GitHub-like push event with `bench: {{run, seq, sent_at}}` and "
+        "padding), `Content-Type: application/json`, no authorization",
+        f"- webhooks.json: `{{\"{WEBHOOK}\": {json.dumps(webhook_entry(options.max_in_flight))}}}`, connections.json "
+        "`{}` (other channel settings at their defaults: ack timeout 30 s, heartbeat 30 s, 5 deliveries)",
+        "- cwm: `twistd --pidfile= -n cwm --listen tcp:PORT:interface=127.0.0.1 ...`, stdout and stderr to a file; "
+        "`WEBHOOK_CONNECT_ENABLED=true`, a fresh `WEBHOOK_CONNECT_KEY_PREFIX`, `WEBHOOK_CONNECT_ADMIN_TOKEN` set; "
+        f"RSS at the end {_f(cwm_rss, 1)} MiB",
         "- redis-server: `--save \"\" --appendonly yes --appendfsync everysec`, loopback, a fresh temp dir",
-        "- client: SSE acks over a persistent `HTTPConnectionPool` shared with the POSTs "
-        f"(up to {options.concurrency + options.max_in_flight + 8} kept connections), the SSE stream on a "
-        "connection of its own; WebSocket acks as `{\"type\": \"ack\", \"message_id\": ...}` frames",
-        f"- bounds: {REQUEST_TIMEOUT:g} s per request/connect/close/stats wait, {options.run_timeout:g} s per run",
-        f"- cwm RSS at the end: {cwm_rss:.1f} MiB",
+        "- client: POSTs and SSE acks over one persistent `HTTPConnectionPool` (up to "
+        f"{options.concurrency + options.max_in_flight + 8} kept connections), the SSE stream on a connection "
+        "of its own; WebSocket acks as `{\"type\": \"ack\", \"message_id\": ...}` frames",
+        f"- bounds: {REQUEST_TIMEOUT:g} s per request, connect, close and stats wait; {options.run_timeout:g} s "
+        "per run",
         "",
         "## Machine",
         "",
@@ -930,8 +1031,8 @@ def report(options: argparse.Namespace, facts: dict[str, str], results: list[Run
     out += [f"| {key} | {value} |" for key, value in facts.items()]
     out += [
         "",
-        "Absolute figures depend on the machine and its load (this VM varies ±10-20 % between runs): compare runs "
-        "made on the same machine, before and after a change.",
+        "Absolute figures depend on the machine and its load (this VM varies by ±10-20 % between runs): compare "
+        "runs made on the same machine, before and after a change.",
         "",
     ]
     return "\n".join(out), valid
@@ -942,12 +1043,15 @@ def report(options: argparse.Namespace, facts: dict[str, str], results: list[Run
 
 def main(argv: Sequence[str] | None = None) -> int:
     options = parse_options(argv)
-    if (os.cpu_count() or 1) < 2:
-        say("needs 2 CPUs (cwm on one, this client on the other)")
+    cores = os.sched_getaffinity(0)
+    if not {options.server_cpu, options.client_cpu} <= cores or options.server_cpu == options.client_cpu:
+        say(f"needs two distinct cores for cwm ({options.server_cpu}) and this client ({options.client_cpu});"
+            f" available: {sorted(cores)}")
         return 1
     if shutil.which("taskset") is None:
         say("taskset is missing (util-linux)")
         return 1
+
     def interrupt(*_: Any) -> None:
         raise Interrupted()
 
@@ -956,25 +1060,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="cwm-connect-bench."))
     servers = Servers(options, tmp)
     results: list[RunResult] = []
-    failure: str | None = None
-    facts: dict[str, str] = {}
-    cwm_rss = float("nan")
     keep = options.keep_tmp
     try:
-        facts = machine_facts(servers)
+        facts = machine_facts()
         os.sched_setaffinity(0, {options.client_cpu})
         servers.start_redis()
         say(f"redis-server on port {servers.redis_port}")
         servers.start_cwm()
         say(f"cwm ready on port {servers.port}")
+        failure: str | None = None
         try:
             run_reactor(options, servers, results)
         except (Interrupted, KeyboardInterrupt):
             raise
         except Exception as e:  # a BenchError, a timeout...: the runs so far are reported, as invalid
-            failure = f"{type(e).__name__}: {e}" if not isinstance(e, BenchError) else str(e)
-        if servers.cwm is not None and servers.cwm.poll() is None:
-            cwm_rss = rss_mib(servers.cwm.pid)
+            failure = str(e) if isinstance(e, BenchError) else f"{type(e).__name__}: {e}"
+        cwm_rss = rss_mib(servers.cwm.pid) if servers.cwm is not None and servers.cwm.poll() is None else math.nan
         text, valid = report(options, facts, results, failure, servers.log_problems(), started, cwm_rss)
         options.results.mkdir(parents=True, exist_ok=True)
         path = options.results / f"connect-{started:%Y-%m-%d}{'' if valid else '-INVALID'}.md"

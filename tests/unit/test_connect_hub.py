@@ -1,0 +1,228 @@
+"""ConnectHub's bookkeeping without a reactor: a Clock, and a buffer whose reads the test answers.
+
+The Redis side is covered against a real redis-server in
+tests/integration/test_connect_buffer.py; here the buffer only records what
+the hub asks of it, so timing (ack timeouts, resume grace) is exact.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from cwm.connect.buffer import Buffered, Outcome
+from cwm.connect.channels import ChannelConfig
+from cwm.connect.hub import RESUME_GRACE, ConnectHub, Connection, NotInFlight
+
+_sync = SynchronousTestCase()
+OWNER = ("default", "hook")
+
+
+class RecordingBuffer:
+    """The StreamBuffer surface the hub uses; reads wait until the test answers them."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[Any, ...]] = []
+        self.reads: list[tuple[dict[str, int], Deferred[list[tuple[str, Buffered]]]]] = []
+
+    async def ensure_channel(self, channel: str) -> None:
+        self.calls.append(("ensure", channel))
+
+    async def held_by_me(self, channel: str) -> list[str]:
+        return []
+
+    async def tokens(self, channel: str) -> dict[str, str]:
+        return {}
+
+    async def join(self, channel: str, cid: str, record: dict[str, Any], limit: int, now: float) -> bool:
+        self.calls.append(("join", cid))
+        return True
+
+    async def leave(self, channel: str, cid: str) -> None:
+        self.calls.append(("leave", cid))
+
+    async def ack(self, channel: str, stream_id: str) -> bool:
+        self.calls.append(("ack", stream_id))
+        return True
+
+    async def give_back(self, channel: str, stream_id: str, max_deliveries: int, reason: str, now: float,
+                        dead: bool = False, counted: bool = True) -> Outcome:
+        self.calls.append(("give_back", stream_id, reason, dead, counted))
+        return Outcome("requeued", 1, "new")
+
+    async def expire(self, channel: str, stream_id: str, now: float) -> bool:
+        self.calls.append(("expire", stream_id))
+        return True
+
+    async def reclaim(self, channel: str, idle_ms: int, max_deliveries: int, now: float) -> list[Outcome]:
+        return []
+
+    async def expire_waiting(self, channel: str, now: float, cursor: str = "") -> tuple[int, str]:
+        return 0, ""
+
+    async def forget_idle_consumers(self, channel: str, idle_ms: int) -> list[str]:
+        return []
+
+    async def refresh(self, channel: str, records: dict[str, Any]) -> list[str]:
+        self.calls.append(("refresh", sorted(records)))
+        return []
+
+    async def unblock(self, client_id: str) -> None:
+        self.calls.append(("unblock", client_id))
+
+    def read_blocking(self, channels: dict[str, int], block_ms: int) -> tuple[Deferred[str], Deferred[Any]]:
+        d: Deferred[list[tuple[str, Buffered]]] = Deferred()
+        self.reads.append((dict(channels), d))
+        return succeed("7"), d
+
+    def answer(self, *messages: Buffered, channel: str = "ch") -> None:
+        _, d = self.reads[-1]
+        d.callback([(channel, m) for m in messages])
+
+    def given_back(self) -> list[tuple[Any, ...]]:
+        return [c[1:] for c in self.calls if c[0] == "give_back"]
+
+
+def message(n: int, expires_at: float = 1e12) -> Buffered:
+    return Buffered(f"{n}-0", f"msg_{n}", "hook", n, 0, expires_at, {"payload": n})
+
+
+def hub_with_channel(**config: Any) -> tuple[ConnectHub, RecordingBuffer, Clock]:
+    clock = Clock()
+    clock.advance(1000)
+    buffer = RecordingBuffer()
+    hub = ConnectHub(buffer, buffer, clock, "me")  # type: ignore[arg-type]
+    hub.start()
+    hub.register(OWNER, ChannelConfig(name="ch", token="t", **config))
+    return hub, buffer, clock
+
+
+def open_connection(hub: ConnectHub, protocol: str = "websocket", window: int = 2) -> tuple[Connection, list[int]]:
+    channel = hub.channel("ch")
+    assert channel is not None
+    connection = _sync.successResultOf(Deferred.fromCoroutine(hub.connect(channel, protocol, "c", "127.0.0.1", "t", window)))
+    assert connection is not None
+    received: list[int] = []
+    hub.attach(connection, lambda ms: received.extend(m.sequence for m in ms), lambda reason: None)
+    return connection, received
+
+
+def settle(hub: ConnectHub, connection: Connection, message_id: str, ack: bool = True, retry: bool = True) -> str:
+    return _sync.successResultOf(Deferred.fromCoroutine(hub.settle(connection, message_id, ack, retry)))
+
+
+def test_reads_ask_for_the_free_window_and_an_ack_opens_it_again() -> None:
+    hub, buffer, clock = hub_with_channel()
+    assert buffer.reads == []  # no connection: nothing is read
+    connection, received = open_connection(hub, window=2)
+    assert buffer.reads[-1][0] == {"ch": 2}
+    buffer.answer(message(1), message(2))
+    assert received == [1, 2] and connection.free() == 0
+    assert len(buffer.reads) == 1  # window full: no read
+    assert settle(hub, connection, "msg_1") == "acked"
+    assert buffer.reads[-1][0] == {"ch": 1}
+    hub.stop()
+
+
+def test_no_ack_within_the_timeout_gives_it_back_and_frees_the_window() -> None:
+    hub, buffer, clock = hub_with_channel(ack_timeout_seconds=30)
+    connection, received = open_connection(hub, window=1)
+    buffer.answer(message(1))
+    clock.advance(29)
+    assert buffer.given_back() == []
+    clock.advance(1)
+    assert buffer.given_back() == [("1-0", "ack timeout", False, True)]
+    assert connection.free() == 1 and buffer.reads[-1][0] == {"ch": 1}
+    failure = _sync.failureResultOf(Deferred.fromCoroutine(hub.settle(connection, "msg_1", True)), NotInFlight)
+    assert failure.value.args == ("msg_1",)
+    hub.stop()
+
+
+def test_more_than_the_windows_hold_goes_back_uncounted_and_expired_ones_are_not_sent() -> None:
+    hub, buffer, clock = hub_with_channel()
+    _, received = open_connection(hub, window=1)
+    buffer.answer(message(1), message(2), message(3, expires_at=clock.seconds()))
+    assert received == [1]
+    assert buffer.given_back() == [("2-0", "no capacity", False, False)]
+    assert ("expire", "3-0") in buffer.calls
+    hub.stop()
+
+
+def test_websocket_gone_gives_back_at_once_and_long_poll_keeps_until_acked() -> None:
+    hub, buffer, clock = hub_with_channel()
+    ws, _ = open_connection(hub, window=1)
+    buffer.answer(message(1))
+    hub.disconnect(ws, hold=0)
+    assert buffer.given_back() == [("1-0", "connection closed", False, True)]
+    assert ("leave", ws.id) in buffer.calls
+    poll, _ = open_connection(hub, "long_poll", window=2)
+    buffer.answer(message(2))
+    hub.disconnect(poll, hold=None)
+    assert hub.connection(poll.id) is poll and poll.free() == 0  # answered: waits for its ack
+    assert settle(hub, poll, "msg_2") == "acked"
+    assert hub.connection(poll.id) is None  # nothing left to ack: forgotten
+    hub.stop()
+
+
+def test_sse_resume_takes_over_what_the_client_saw_and_resends_the_rest() -> None:
+    hub, buffer, clock = hub_with_channel()
+    old, _ = open_connection(hub, "sse", window=5)
+    buffer.answer(message(1), message(2), message(3))
+    assert settle(hub, old, "msg_1") == "acked"
+    hub.disconnect(old, hold=RESUME_GRACE)
+    assert buffer.given_back() == []  # held for a resume
+    new, received = open_connection(hub, "sse", window=5)
+    assert hub.resume(new, "2-0") == 2
+    assert received == [3]  # 2 reached the client; 3 did not
+    assert sorted(new.in_flight) == ["msg_2", "msg_3"] and hub.connection(old.id) is None
+    clock.advance(RESUME_GRACE + 1)
+    assert buffer.given_back() == []
+    # Resuming from an event it already acked works too (the acked id is remembered).
+    hub.disconnect(new, hold=RESUME_GRACE)
+    third, received = open_connection(hub, "sse", window=5)
+    assert hub.resume(third, "1-0") == 0  # a different connection saw 1: nothing to take over
+    clock.advance(RESUME_GRACE + 1)
+    assert sorted(c[0] for c in buffer.given_back()) == ["2-0", "3-0"]  # grace over: given back
+    hub.stop()
+
+
+def test_releasing_the_last_registration_closes_the_channels_connections() -> None:
+    clock = Clock()
+    buffer = RecordingBuffer()
+    hub = ConnectHub(buffer, buffer, clock, "me")  # type: ignore[arg-type]
+    hub.start()
+    first = hub.register(OWNER, ChannelConfig(name="ch", token="t", max_in_flight=3))
+    second = hub.register(("default", "other"), ChannelConfig(name="ch", token="t", max_in_flight=7))
+    channel = hub.channel("ch")
+    assert channel is not None and channel.config.max_in_flight == 7 and channel.webhook_ids == ["hook", "other"]
+    closed: list[str] = []
+    connection = _sync.successResultOf(Deferred.fromCoroutine(hub.connect(channel, "sse", "c", "r", "t", 7)))
+    assert connection is not None
+    hub.attach(connection, lambda ms: None, closed.append)
+    second()
+    assert channel.config.max_in_flight == 3 and closed == []
+    first()
+    assert hub.channel("ch") is None and closed == ["channel removed from the configuration"]
+    hub.stop()
+
+
+def test_a_window_opening_on_a_channel_outside_the_current_read_wakes_it() -> None:
+    hub, buffer, clock = hub_with_channel()
+    hub.register(("default", "b"), ChannelConfig(name="other", token="t"))
+    open_connection(hub, window=1)  # reading "ch" now
+    assert buffer.reads[-1][0] == {"ch": 1}
+    other = hub.channel("other")
+    assert other is not None
+    connection = _sync.successResultOf(Deferred.fromCoroutine(hub.connect(other, "websocket", "c", "r", "t", 4)))
+    assert connection is not None
+    hub.attach(connection, lambda ms: None, lambda reason: None)
+    assert [c for c in buffer.calls if c[0] == "unblock"] == [("unblock", "7")]
+    clock.advance(0.2)  # in case the wake beat the read to Redis: once more, then no more
+    clock.advance(0.2)
+    assert len([c for c in buffer.calls if c[0] == "unblock"]) == 3
+    buffer.answer()  # the woken read returns nothing; the next one asks for both
+    assert buffer.reads[-1][0] == {"ch": 1, "other": 4}
+    hub.stop()
