@@ -333,7 +333,7 @@ class Servers:
             "--webhooks", str(self.tmp / "webhooks.json"), "--connections", str(self.tmp / "connections.json"),
         ]
         with open(self.cwm_log, "wb") as log:
-            self.cwm = subprocess.Popen(self._pinned(self.options.server_cpu, argv), cwd=ROOT, env=env,
+            self.cwm = subprocess.Popen(self._pinned(self.options.server_cpu, argv), cwd=self.tmp, env=env,
                                         stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + self.options.ready_timeout
         while time.monotonic() < deadline:
@@ -412,14 +412,17 @@ class Delivery:
         self.acks_done = 0  # acks answered (SSE) or sent (WS), failed or not
         self.ack_failures: list[str] = []
         self.last_ack = 0.0
-        self.max_backlog = 0  # posted (200) but not yet received, sampled at each POST answer
+        self.backlog = 0  # answered 200 but not yet received
+        self.max_backlog = 0  # sampled at each POST answer
         self.finished: Deferred[None] = Deferred()
 
     def post_answered(self, seq: int, sent_at: float, at: float, failure: str | None) -> None:
         if failure is None:
             self.posted.add(seq)
             self.post_seconds.append(at - sent_at)
-            self.max_backlog = max(self.max_backlog, len(self.posted - self.latency.keys()))
+            if seq not in self.latency:
+                self.backlog += 1
+                self.max_backlog = max(self.max_backlog, self.backlog)
         else:
             self.post_failures.append(f"seq {seq}: {failure}")
 
@@ -443,6 +446,8 @@ class Delivery:
             self.duplicates += 1
         else:
             self.latency[seq] = at - float(mark["sent_at"])
+            if seq in self.posted:
+                self.backlog -= 1
 
     def ack_answered(self, at: float, failure: str | None) -> None:
         self.acks_done += 1
