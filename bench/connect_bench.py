@@ -93,6 +93,7 @@ from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientPr
 from treq.client import HTTPClient
 from twisted.internet import reactor as _reactor
 from twisted.internet.defer import Deferred, DeferredSemaphore, FirstError, gatherResults
+from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
@@ -102,6 +103,7 @@ ROOT = Path(__file__).resolve().parent.parent
 TWISTD = str(Path(sys.executable).with_name("twistd"))
 reactor: Any = _reactor
 T = TypeVar("T")
+Headers = dict[bytes | str, bytes | str]
 
 WEBHOOK = "bench"
 CHANNEL = "bench"
@@ -131,8 +133,10 @@ class Interrupted(Exception):
 # --- options ---------------------------------------------------------------------------------
 
 
-def _env(name: str, default: str) -> str:
-    return os.environ.get(name, "").strip() or default
+def _option(p: argparse.ArgumentParser, flag: str, env: str | None, kind: type, default: str, text: str) -> None:
+    """An option whose default may come from the environment variable ``env``."""
+    value = (os.environ.get(env, "").strip() if env else "") or default
+    p.add_argument(flag, type=kind, default=kind(value), help=f"{text} (env {env})" if env else text)
 
 
 def parse_options(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -140,23 +144,22 @@ def parse_options(argv: Sequence[str] | None = None) -> argparse.Namespace:
         description="Webhook Connect benchmark: one SSE client, then one WebSocket client (see bench/README.rst).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    add = p.add_argument
-    add("--messages", type=int, default=int(_env("MESSAGES", "5000")), help="messages per load run (env MESSAGES)")
-    add("--warmup", type=int, default=int(_env("WARMUP", "500")), help="messages of the warm-up run per protocol (env WARMUP)")
-    add("--rounds", type=int, default=int(_env("ROUNDS", "3")), help="rounds (env ROUNDS)")
-    add("--concurrency", type=int, default=int(_env("CONCURRENCY", "32")), help="POSTs kept in flight (env CONCURRENCY)")
-    add("--paced-messages", type=int, default=int(_env("PACED_MESSAGES", "1000")), help="messages per paced run (env PACED_MESSAGES)")
-    add("--paced-rate", type=float, default=float(_env("PACED_RATE", "100")), help="POSTs/s of a paced run, 0: none (env PACED_RATE)")
-    add("--protocols", default=_env("PROTOCOLS", "sse,ws"), help="comma-separated: sse, ws (env PROTOCOLS)")
-    add("--max-in-flight", type=int, default=100, help="the channel's max_in_flight")
-    add("--run-timeout", type=float, default=float(_env("RUN_TIMEOUT", "120")), help="seconds one run may take (env RUN_TIMEOUT)")
-    add("--ready-timeout", type=float, default=float(_env("READY_TIMEOUT", "30")), help="seconds start-up may take (env READY_TIMEOUT)")
-    add("--server-cpu", type=int, default=int(_env("SERVER_CPU", "0")), help="core of cwm (env SERVER_CPU)")
-    add("--redis-cpu", default=_env("REDIS_CPU", "0"), help="core of redis-server, 'none': not pinned (env REDIS_CPU)")
-    add("--client-cpu", type=int, default=int(_env("CLIENT_CPU", "1")), help="core of this client (env CLIENT_CPU)")
-    add("--results", type=Path, default=ROOT / "bench" / "results", help="directory of the results file")
-    add("--keep-tmp", action="store_true", default=_env("KEEP_TMP", "0") == "1",
-        help="keep the temp dir with cwm's and redis's logs (env KEEP_TMP=1)")
+    _option(p, "--messages", "MESSAGES", int, "5000", "messages per load run")
+    _option(p, "--warmup", "WARMUP", int, "500", "messages of the warm-up run per protocol")
+    _option(p, "--rounds", "ROUNDS", int, "3", "rounds")
+    _option(p, "--concurrency", "CONCURRENCY", int, "32", "POSTs kept in flight")
+    _option(p, "--paced-messages", "PACED_MESSAGES", int, "1000", "messages per paced run")
+    _option(p, "--paced-rate", "PACED_RATE", float, "100", "POSTs/s of a paced run, 0: no paced runs")
+    _option(p, "--protocols", "PROTOCOLS", str, "sse,ws", "comma-separated: sse, ws")
+    _option(p, "--max-in-flight", None, int, "100", "the channel's max_in_flight")
+    _option(p, "--run-timeout", "RUN_TIMEOUT", float, "120", "seconds one run may take")
+    _option(p, "--ready-timeout", "READY_TIMEOUT", float, "30", "seconds start-up may take")
+    _option(p, "--server-cpu", "SERVER_CPU", int, "0", "core of cwm")
+    _option(p, "--redis-cpu", "REDIS_CPU", str, "0", "core of redis-server, 'none': not pinned")
+    _option(p, "--client-cpu", "CLIENT_CPU", int, "1", "core of this client")
+    p.add_argument("--results", type=Path, default=ROOT / "bench" / "results", help="directory of the results file")
+    p.add_argument("--keep-tmp", action="store_true", default=os.environ.get("KEEP_TMP", "0").strip() == "1",
+                   help="keep the temp dir with cwm's and redis's logs (env KEEP_TMP=1)")
     o = p.parse_args(argv)
     o.protocols = [name.strip() for name in o.protocols.split(",") if name.strip()]
     if not o.protocols or any(name not in PROTOCOLS for name in o.protocols):
@@ -208,6 +211,33 @@ def core_times() -> dict[int, tuple[int, int]]:
                 ticks = [int(v) for v in values]
                 cores[int(name[3:])] = (sum(ticks[:8]), ticks[3] + ticks[4])  # guest time is in user already
     return cores
+
+
+def process_ticks() -> dict[int, tuple[str, int]]:
+    """Every process: (name, utime + stime ticks)."""
+    found = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat", encoding="utf-8", errors="replace") as f:
+                    text = f.read()
+            except OSError:
+                continue  # gone meanwhile
+            fields = text.rsplit(")", 1)[1].split()
+            found[int(entry)] = (text[text.index("(") + 1:text.rindex(")")], int(fields[11]) + int(fields[12]))
+    return found
+
+
+def other_processes(before: dict[int, tuple[str, int]], seconds: float, ours: set[int]) -> str:
+    """Processes other than ours that used over 1 % of a core since ``before`` (noise on the figures)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    busy = []
+    for pid, (name, now) in process_ticks().items():
+        share = 100 * (now - before.get(pid, (name, 0))[1]) / ticks / seconds
+        if pid not in ours and share >= 1:
+            busy.append((share, f"{name} (pid {pid})"))
+    busy.sort(reverse=True)
+    return ", ".join(f"{who} {share:.0f} %" for share, who in busy[:8]) or "none over 1 % of a core"
 
 
 def rss_mib(pid: int) -> float:
@@ -370,7 +400,8 @@ class Servers:
     def log_problems(self) -> list[str]:
         """Lines of cwm's log that say something went wrong (tracebacks, unhandled errors)."""
         text = self.cwm_log.read_text(errors="replace") if self.cwm_log.exists() else ""
-        return [line for line in text.splitlines() if "Traceback" in line or "Unhandled" in line or "#critical]" in line]
+        marks = ("Traceback", "Unhandled", "#critical]")
+        return [line for line in text.splitlines() if any(mark in line for mark in marks)]
 
     @staticmethod
     def _stop(process: subprocess.Popen[bytes] | None) -> None:
@@ -412,6 +443,7 @@ class Delivery:
         self.acks_done = 0  # acks answered (SSE) or sent (WS), failed or not
         self.ack_failures: list[str] = []
         self.last_ack = 0.0
+        self.received_while_posting = 0  # first deliveries before the last POST was answered
         self.backlog = 0  # answered 200 but not yet received
         self.max_backlog = 0  # sampled at each POST answer
         self.finished: Deferred[None] = Deferred()
@@ -446,6 +478,8 @@ class Delivery:
             self.duplicates += 1
         else:
             self.latency[seq] = at - float(mark["sent_at"])
+            if self.posting:
+                self.received_while_posting += 1
             if seq in self.posted:
                 self.backlog -= 1
 
@@ -509,13 +543,16 @@ class SSEReader(Protocol):
 
     def close(self) -> None:
         if self.transport is not None:
-            self.transport.stopProducing()
+            IPushProducer(self.transport).stopProducing()  # drops the connection
 
 
 class BenchSocket(WebSocketClientProtocol):
     """The WebSocket connector: acks every webhook frame as it arrives."""
 
     factory: BenchSocketFactory
+
+    def onOpen(self) -> None:
+        self.factory.socket = self
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         at = time.perf_counter()
@@ -547,7 +584,7 @@ class BenchSocket(WebSocketClientProtocol):
 
 
 class BenchSocketFactory(WebSocketClientFactory):
-    protocol = BenchSocket
+    protocol = BenchSocket  # type: ignore[assignment]
 
     def __init__(self, url: str, delivery: Delivery) -> None:
         super().__init__(url, headers={"Authorization": f"Bearer {CHANNEL_TOKEN}"})
@@ -556,11 +593,7 @@ class BenchSocketFactory(WebSocketClientFactory):
         self.connected: Deferred[str] = Deferred()
         self.closed: Deferred[None] = Deferred()
         self.closing = False
-        self.socket: BenchSocket | None = None
-
-    def buildProtocol(self, addr: Any) -> BenchSocket:
-        self.socket = super().buildProtocol(addr)
-        return self.socket
+        self.socket: BenchSocket | None = None  # once open
 
 
 @dataclass
@@ -598,6 +631,18 @@ class RunResult:
         d = self.delivery
         return self.messages / (d.posts_done - d.first_post) if d.posts_done > d.first_post else float("nan")
 
+    @property
+    def while_posting_percent(self) -> float:
+        """Share of the messages the connector received before the last POST was answered."""
+        return 100 * self.delivery.received_while_posting / self.messages
+
+    @property
+    def drain_rate(self) -> float:
+        """Messages/s delivered and settled after the last POST was answered (NaN if too few)."""
+        d = self.delivery
+        left, seconds = self.messages - d.received_while_posting, self.settled_at - d.posts_done
+        return left / seconds if left >= 100 and seconds > 0 else float("nan")
+
     def latency_ms(self, p: float) -> float:
         return 1000 * percentile(list(self.delivery.latency.values()), p)
 
@@ -627,7 +672,7 @@ class Bench:
     async def close(self) -> None:
         await self.pool.closeCachedConnections()
 
-    async def request(self, method: str, url: str, headers: dict[str, str], body: bytes | None = None) -> tuple[int, bytes]:
+    async def request(self, method: str, url: str, headers: Headers, body: bytes | None = None) -> tuple[int, bytes]:
         """One request over the pool, body read; (status, body)."""
         async def go() -> tuple[int, bytes]:
             response = await self.http.request(method, url, headers=headers, data=body, allow_redirects=False)
@@ -635,9 +680,13 @@ class Bench:
 
         return await bounded(go(), REQUEST_TIMEOUT)
 
+    @staticmethod
+    def auth_header(token: str) -> Headers:
+        return {"Authorization": f"Bearer {token}"}
+
     async def stats(self) -> dict[str, Any]:
         code, body = await self.request(
-            "GET", f"{self.base}/admin/webhook-connect/channels/{CHANNEL}/stats", {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+            "GET", f"{self.base}/admin/webhook-connect/channels/{CHANNEL}/stats", self.auth_header(ADMIN_TOKEN)
         )
         if code != 200:
             raise BenchError(f"admin stats answered {code}: {body[:200]!r}")
@@ -733,7 +782,7 @@ class Bench:
     async def open_sse(self, delivery: Delivery) -> Callable[[], Awaitable[None]]:
         """Open the SSE stream, acking every webhook event; returns the call that closes it."""
         connected: Deferred[str] = Deferred()
-        ack_headers: dict[str, str] = {}
+        ack_headers: Headers = {}
 
         async def ack(message_id: str) -> None:
             url = f"{self.base}/connect/ack?message_id={message_id}&status=ack"
@@ -758,7 +807,7 @@ class Bench:
 
         response = await bounded(
             self.stream_http.get(f"{self.base}/connect/stream/{CHANNEL}/sse",
-                                 headers={"Authorization": f"Bearer {CHANNEL_TOKEN}"}, unbuffered=True),
+                                 headers=self.auth_header(CHANNEL_TOKEN), unbuffered=True),
             REQUEST_TIMEOUT,
         )
         if response.code != 200:
@@ -929,17 +978,18 @@ def report(options: argparse.Namespace, facts: dict[str, str], results: list[Run
         "",
         f"## Throughput: {options.messages:,} messages per run, {options.concurrency} POSTs in flight",
         "",
-        "| protocol | delivered msgs/s (first POST → last ack) | POST msgs/s | latency p50 ms | latency p99 ms "
-        f"| max backlog | cwm CPU µs/msg | core {server} busy % | core {client} busy % |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| protocol | delivered msgs/s (first POST → last ack) | POST msgs/s | received while the POSTs ran % "
+        "| delivered msgs/s after the POSTs ended | latency p50 ms | latency p99 ms | cwm CPU µs/msg "
+        f"| core {server} busy % | core {client} busy % |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for protocol in options.protocols:
         if rs := runs(protocol, "load"):
             out.append(
                 f"| {PROTOCOLS[protocol]} | {_f(median([r.delivered_rate for r in rs]))} "
                 f"| {_f(median([r.post_rate for r in rs]))} "
+                f"| {_f(median([r.while_posting_percent for r in rs]))} | {_f(median([r.drain_rate for r in rs]))} "
                 f"| {_f(median([r.latency_ms(50) for r in rs]), 1)} | {_f(median([r.latency_ms(99) for r in rs]), 1)} "
-                f"| {_f(median([r.delivery.max_backlog for r in rs]))} "
                 f"| {_f(median([r.cpu_us_per_message('cwm') for r in rs]))} "
                 f"| {_f(median([100 * r.busy.get(server, math.nan) for r in rs]))} "
                 f"| {_f(median([100 * r.busy.get(client, math.nan) for r in rs]))} |"
@@ -951,11 +1001,15 @@ def report(options: argparse.Namespace, facts: dict[str, str], results: list[Run
         f"showed `messages_delivered` up by the run's messages, polled every {STATS_POLL * 1000:g} ms after the "
         "last ack frame was sent.",
         "- **POST msgs/s**: messages / (first POST issued → last POST answered 200).",
+        "- **received while the POSTs ran**: share of the messages the connector received before the last POST "
+        "was answered; **after the POSTs ended**: the rest / (last POST answered → last message settled), i.e. "
+        "how fast cwm delivers to one connector when it is not also taking POSTs (– when under 100 messages were "
+        "left). A low share means deliveries wait while POSTs keep coming: the backlog grows in Redis during the "
+        "run (its largest value is in the runs table).",
         "- **latency**: the message's SSE event / WebSocket frame reached the client, minus the `sent_at` in its "
-        "payload (when its POST was issued); same process, same clock. POSTs are answered faster than messages "
-        "are delivered, so a backlog builds up in Redis during these runs (**max backlog**: the most messages "
-        "answered 200 but not yet received, sampled at each POST answer): these latencies are mostly time spent "
-        "queued, and grow with the messages per run. The paced runs below give the latency without a backlog.",
+        "payload (when its POST was issued); same process, same clock. In these runs it is mostly time spent "
+        "queued behind the backlog, so it grows with the messages per run; the paced runs below give the latency "
+        "without a backlog.",
         "- **cwm CPU µs/msg**: cwm's utime + stime over the run, per message. **core busy %**: from `/proc/stat`, "
         "which also counts the kernel's work (loopback networking) that no process is charged for.",
     ]
@@ -986,14 +1040,15 @@ def report(options: argparse.Namespace, facts: dict[str, str], results: list[Run
         "",
         "## Runs",
         "",
-        "| run | messages | seconds | delivered msgs/s | POST msgs/s | latency p50 ms | p90 ms | p99 ms | max ms "
-        f"| POST p50 ms | POST p99 ms | max backlog | cwm CPU % | redis CPU % | client CPU % | core {server} busy % "
-        f"| core {client} busy % | checks |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| run | messages | seconds | delivered msgs/s | POST msgs/s | received while POSTing % | msgs/s after "
+        "| latency p50 ms | p90 ms | p99 ms | max ms | POST p50 ms | POST p99 ms | max backlog | cwm CPU % "
+        f"| redis CPU % | client CPU % | core {server} busy % | core {client} busy % | checks |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         out.append(
             f"| {r.name} | {r.messages:,} | {_f(r.seconds, 2)} | {_f(r.delivered_rate)} | {_f(r.post_rate)} "
+            f"| {_f(r.while_posting_percent)} | {_f(r.drain_rate)} "
             + "".join(f"| {_f(r.latency_ms(p), 1)} " for p in (50, 90, 99, 100))
             + "".join(f"| {_f(r.post_ms(p), 1)} " for p in (50, 99))
             + f"| {r.delivery.max_backlog:,} "
@@ -1003,9 +1058,11 @@ def report(options: argparse.Namespace, facts: dict[str, str], results: list[Run
         )
     out += [
         "",
-        "*CPU %*: of one core, over the run's seconds. *checks*: every POST answered 200; every posted sequence "
-        "number received exactly once, with `delivery_count` 1, none from another run; every SSE ack answered 200 "
-        "`acked`; afterwards the channel's admin stats show `messages_delivered` up by exactly the messages posted, "
+        "*msgs/s after*: delivered msgs/s after the POSTs ended. *max backlog*: the most messages answered 200 but "
+        "not yet received, sampled at each POST answer. *CPU %*: of one core, over the run's seconds. *checks*: "
+        "every POST answered 200; every posted sequence number received exactly once, with `delivery_count` 1, "
+        "none from another run; every SSE ack answered 200 `acked`; afterwards the channel's admin stats show "
+        "`messages_delivered` up by exactly the messages posted, "
         "0 queued, 0 in flight, no new expired or dead-lettered message, 0 connected clients.",
         "",
         "## Settings",
@@ -1036,8 +1093,9 @@ def report(options: argparse.Namespace, facts: dict[str, str], results: list[Run
     out += [f"| {key} | {value} |" for key, value in facts.items()]
     out += [
         "",
-        "Absolute figures depend on the machine and its load (this VM varies by ±10-20 % between runs): compare "
-        "runs made on the same machine, before and after a change.",
+        "Absolute figures depend on the machine and its load, and vary between runs minutes apart (by ±10-20 % on "
+        "this 2-core VM, more when anything else runs: see *other processes*): compare runs made on the same "
+        "machine, before and after a change, and the rounds of one run with each other.",
         "",
     ]
     return "\n".join(out), valid
@@ -1074,12 +1132,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         servers.start_cwm()
         say(f"cwm ready on port {servers.port}")
         failure: str | None = None
+        ticks_before, measuring_since = process_ticks(), time.monotonic()
         try:
             run_reactor(options, servers, results)
         except (Interrupted, KeyboardInterrupt):
             raise
         except Exception as e:  # a BenchError, a timeout...: the runs so far are reported, as invalid
             failure = str(e) if isinstance(e, BenchError) else f"{type(e).__name__}: {e}"
+        ours = {os.getpid()} | {p.pid for p in (servers.cwm, servers.redis) if p is not None}
+        facts["other processes during the runs (CPU, of one core)"] = other_processes(
+            ticks_before, time.monotonic() - measuring_since, ours
+        )
         cwm_rss = rss_mib(servers.cwm.pid) if servers.cwm is not None and servers.cwm.poll() is None else math.nan
         text, valid = report(options, facts, results, failure, servers.log_problems(), started, cwm_rss)
         options.results.mkdir(parents=True, exist_ok=True)
