@@ -114,7 +114,7 @@ class Settings:
         return "file" if self.etcd is None else "etcd"
 
 
-def _boolean(text: str) -> bool:
+def boolean(text: str) -> bool:
     lowered = text.strip().lower()
     if lowered in _TRUE:
         return True
@@ -123,7 +123,7 @@ def _boolean(text: str) -> bool:
     raise ValueError("expected true or false")
 
 
-def _number(minimum: float, maximum: float) -> Callable[[str], float]:
+def number(minimum: float, maximum: float) -> Callable[[str], float]:
     def parse(text: str) -> float:
         try:
             value = float(text)
@@ -136,7 +136,7 @@ def _number(minimum: float, maximum: float) -> Callable[[str], float]:
     return parse
 
 
-def _integer(minimum: int, maximum: int) -> Callable[[str], int]:
+def integer(minimum: int, maximum: int) -> Callable[[str], int]:
     def parse(text: str) -> int:
         try:
             value = int(text.strip())
@@ -149,7 +149,7 @@ def _integer(minimum: int, maximum: int) -> Callable[[str], int]:
     return parse
 
 
-def _choice(*choices: str) -> Callable[[str], str]:
+def choice(*choices: str) -> Callable[[str], str]:
     def parse(text: str) -> str:
         value = text.strip().lower()
         if value not in choices:
@@ -195,7 +195,7 @@ class _Source:
 
 
 def _default_listen(source: _Source) -> str:
-    port = source.get(None, "PORT", _integer(0, 65535), 8000)
+    port = source.get(None, "PORT", integer(0, 65535), 8000)
     host = source.get(None, "HOST", str.strip, "")
     if not host:
         return f"tcp:{port}"
@@ -221,26 +221,26 @@ def parse_settings(
         return FilePath(os.path.join(cwd, os.path.expanduser(text)))
 
     listen = source.get("listen", None, _endpoint, "") or _endpoint(_default_listen(source))
-    backend = source.get("config-backend", "CONFIG_BACKEND", _choice(*CONFIG_BACKENDS), "file")
+    backend = source.get("config-backend", "CONFIG_BACKEND", choice(*CONFIG_BACKENDS), "file")
     return Settings(
         etcd=_etcd_settings(source, cwd) if backend == "etcd" else None,
         vault=_vault_settings(source, cwd) if _vault_enabled(source) else None,
         connect=_connect_settings(source, environ, listen)
-        if source.get(None, "WEBHOOK_CONNECT_ENABLED", _boolean, False)
+        if source.get(None, "WEBHOOK_CONNECT_ENABLED", boolean, False)
         else None,
         listen=listen,
         webhooks_file=source.get("webhooks", "WEBHOOKS_CONFIG_FILE", path, path("webhooks.json")),
         connections_file=source.get(
             "connections", "CONNECTIONS_CONFIG_FILE", path, path("connections.json")
         ),
-        file_watching=source.get(None, "CONFIG_FILE_WATCHING_ENABLED", _boolean, False),
+        file_watching=source.get(None, "CONFIG_FILE_WATCHING_ENABLED", boolean, False),
         reload_debounce=source.get(
-            None, "CONFIG_RELOAD_DEBOUNCE_SECONDS", _number(0.0, 3600.0), 3.0
+            None, "CONFIG_RELOAD_DEBOUNCE_SECONDS", number(0.0, 3600.0), 3.0
         ),
         max_body_bytes=source.get(
-            None, "MAX_BODY_BYTES", _integer(1, 1 << 31), DEFAULT_MAX_BODY_BYTES
+            None, "MAX_BODY_BYTES", integer(1, 1 << 31), DEFAULT_MAX_BODY_BYTES
         ),
-        max_concurrent_tasks=source.get(None, "MAX_CONCURRENT_TASKS", _integer(1, 100_000), 100),
+        max_concurrent_tasks=source.get(None, "MAX_CONCURRENT_TASKS", integer(1, 100_000), 100),
         working_dir=working_dir,
     )
 
@@ -250,7 +250,7 @@ def _host_port(text: str) -> tuple[str, int]:
     if not sep or not host:
         raise ValueError("expected host:port")
     host = host.strip("[]")
-    return host, _integer(1, 65535)(port)
+    return host, integer(1, 65535)(port)
 
 
 def _endpoints(text: str) -> tuple[tuple[str, int], ...]:
@@ -286,7 +286,7 @@ def _readable_file(cwd: str) -> Callable[[str], str]:
 
 def _etcd_settings(source: _Source, cwd: str) -> EtcdSettings:
     host = source.get(None, "ETCD_HOST", str.strip, "localhost") or "localhost"
-    port = source.get(None, "ETCD_PORT", _integer(1, 65535), 2379)
+    port = source.get(None, "ETCD_PORT", integer(1, 65535), 2379)
     single: tuple[tuple[str, int], ...] = ((host, port),)
     endpoints = source.get(None, "ETCD_ENDPOINTS", _endpoints, single)
     username = source.get(None, "ETCD_USERNAME", str, "") or None
@@ -313,8 +313,8 @@ def _etcd_settings(source: _Source, cwd: str) -> EtcdSettings:
 
 
 def _vault_enabled(source: _Source) -> bool:
-    backend = source.get(None, "SECRETS_BACKEND", _choice("env", "environment", "vault"), "env")
-    return backend == "vault" or source.get(None, "VAULT_ENABLED", _boolean, False)
+    backend = source.get(None, "SECRETS_BACKEND", choice("env", "environment", "vault"), "env")
+    return backend == "vault" or source.get(None, "VAULT_ENABLED", boolean, False)
 
 
 def _clamped(minimum: float, maximum: float) -> Callable[[str], float]:
@@ -382,11 +382,11 @@ def _vault_settings(source: _Source, cwd: str) -> VaultSettings:
         secret_id=secret_id,
         namespace=source.get(None, "VAULT_NAMESPACE", str.strip, "") or None,
         mount_point=source.get(None, "VAULT_MOUNT_POINT", _mount, "secret"),
-        kv_version=int(source.get(None, "VAULT_KV_VERSION", _choice("1", "2"), "2")),
+        kv_version=int(source.get(None, "VAULT_KV_VERSION", choice("1", "2"), "2")),
         verify=source.get(None, "VAULT_VERIFY", _verify(cwd), _VERIFY_DEFAULT),
         timeout=source.get(None, "VAULT_TIMEOUT_SECONDS", _clamped(1.0, 300.0), 10.0),
-        cache_ttl=source.get(None, "VAULT_CACHE_TTL_SECONDS", _number(0.0, 86400.0), 300.0),
-        cache_max_size=source.get(None, "VAULT_CACHE_MAX_SIZE", _integer(0, 1_000_000), 1000),
+        cache_ttl=source.get(None, "VAULT_CACHE_TTL_SECONDS", number(0.0, 86400.0), 300.0),
+        cache_max_size=source.get(None, "VAULT_CACHE_MAX_SIZE", integer(0, 1_000_000), 1000),
     )
 
 
