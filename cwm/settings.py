@@ -260,7 +260,7 @@ def _endpoints(text: str) -> tuple[tuple[str, int], ...]:
     return tuple(_host_port(p) for p in parts)
 
 
-def _prefix(text: str) -> str:
+def key_prefix(text: str) -> str:
     cleaned = text.strip().strip("/")
     if not cleaned or "//" in cleaned:
         raise ValueError("expected a key prefix such as /cwm/")
@@ -274,7 +274,7 @@ def _namespace(text: str) -> str:
     return text
 
 
-def _readable_file(cwd: str) -> Callable[[str], str]:
+def readable_file(cwd: str) -> Callable[[str], str]:
     def parse(text: str) -> str:
         path = os.path.join(cwd, os.path.expanduser(text.strip()))
         if not os.path.isfile(path):
@@ -293,21 +293,21 @@ def _etcd_settings(source: _Source, cwd: str) -> EtcdSettings:
     password = source.get(None, "ETCD_PASSWORD", str, "") or None
     if (username is None) != (password is None):
         raise ConfigError("invalid etcd credentials: set both ETCD_USERNAME and ETCD_PASSWORD, or neither")
-    cert = source.get(None, "ETCD_CERT", _readable_file(cwd), "") or None
-    key = source.get(None, "ETCD_KEY", _readable_file(cwd), "") or None
+    cert = source.get(None, "ETCD_CERT", readable_file(cwd), "") or None
+    key = source.get(None, "ETCD_KEY", readable_file(cwd), "") or None
     if (cert is None) != (key is None):
         raise ConfigError("invalid etcd TLS settings: set both ETCD_CERT and ETCD_KEY, or neither")
     options = EtcdOptions(
         endpoints=endpoints,
         username=username,
         password=password,
-        ca_cert=source.get(None, "ETCD_CA_CERT", _readable_file(cwd), "") or None,
+        ca_cert=source.get(None, "ETCD_CA_CERT", readable_file(cwd), "") or None,
         cert=cert,
         key=key,
     )
     return EtcdSettings(
         options=options,
-        prefix=source.get(None, "ETCD_PREFIX", _prefix, "/cwm/"),
+        prefix=source.get(None, "ETCD_PREFIX", key_prefix, "/cwm/"),
         namespace=source.get(None, "ETCD_NAMESPACE", _namespace, DEFAULT_NAMESPACE),
     )
 
@@ -347,7 +347,7 @@ def _verify(cwd: str) -> Callable[[str], bool | str]:
             return True
         if lowered in _FALSE:
             return False
-        return _readable_file(cwd)(text)
+        return readable_file(cwd)(text)
 
     return parse
 
@@ -400,8 +400,8 @@ def _connect_settings(source: _Source, environ: Mapping[str, str], listen: str) 
     return ConnectSettings(
         redis=redis,
         admin_token=token or None,
-        key_prefix=source.get(None, "WEBHOOK_CONNECT_KEY_PREFIX", _key_prefix, "cwm:wc"),
-        instance=source.get(None, "WEBHOOK_CONNECT_INSTANCE_ID", _key_prefix, _instance(listen)),
+        key_prefix=source.get(None, "WEBHOOK_CONNECT_KEY_PREFIX", _redis_name, "cwm:wc"),
+        instance=source.get(None, "WEBHOOK_CONNECT_INSTANCE_ID", _redis_name, _instance(listen)),
     )
 
 
@@ -418,7 +418,7 @@ def _instance(listen: str) -> str:
     return name
 
 
-def _key_prefix(text: str) -> str:
+def _redis_name(text: str) -> str:
     text = text.strip()
     if not text or len(text) > 200 or any(c in text for c in "{} \t\r\n"):
         raise ValueError("expected 1-200 characters without braces or white space")

@@ -20,6 +20,7 @@ from klein import Klein
 from twisted.internet.interfaces import IReactorTime
 from twisted.web.iweb import IRequest
 
+from cwm.body import parse_body
 from cwm.connect.api import bearer, bounded_arg, channel_stats, not_initialized, request_header
 from cwm.connect.hub import SWEEP_SECONDS, Channel, ConnectHub, iso
 from cwm.errors import HTTPError
@@ -27,7 +28,6 @@ from cwm.web.errors import install_json_errors, json_answer
 
 DEFAULT_GRACE = 3600
 MAX_GRACE = 30 * 86400
-MAX_BODY = 1024 * 1024
 
 
 def _json(request: IRequest, value: Any, status: int = 200) -> bytes:
@@ -35,16 +35,14 @@ def _json(request: IRequest, value: Any, status: int = 200) -> bytes:
 
 
 def _body(request: IRequest, required: bool) -> dict[str, Any] | None:
+    """The JSON object body (parsed as webhook bodies are: 400 with the reason when malformed)."""
     content = request.content
     raw = content.read() if content is not None else b""
     if not raw.strip():
         if required:
             raise HTTPError(422, "A JSON object body is required")
         return None
-    try:
-        value = json.loads(raw)
-    except (ValueError, RecursionError):
-        raise HTTPError(422, "The body is not valid JSON") from None
+    value = parse_body("json", raw, request_header(request, b"content-type"))
     if not isinstance(value, dict):
         raise HTTPError(422, "The body must be a JSON object")
     return value
@@ -113,7 +111,7 @@ class ConnectAdmin:
     @app.route("/channels/<name>", methods=["GET"])
     async def channel(self, request: IRequest, name: str) -> bytes:
         hub, channel = self._channel(request, name)
-        counts, connections = await hub.counts(channel)
+        counts, connections = await hub.counts(channel), await hub.clients(channel)
         config = channel.config
         local = {c.id: c for c in channel.connections.values()}
         clients = []
@@ -194,14 +192,14 @@ class ConnectAdmin:
     @app.route("/channels/<name>/webhook-stats", methods=["GET"])
     async def webhook_stats(self, request: IRequest, name: str) -> bytes:
         hub, channel = self._channel(request, name)
-        counts, _ = await hub.counts(channel)
+        counts = await hub.counts(channel)
         webhooks = {wid: {"pending": n} for wid, n in sorted(counts.pending_by_webhook.items())}
         return _json(request, {"channel": channel.name, "webhooks": webhooks})
 
     @app.route("/channels/<name>/stats", methods=["GET"])
     async def stats(self, request: IRequest, name: str) -> bytes:
         hub, channel = self._channel(request, name)
-        counts, connections = await hub.counts(channel)
+        counts, connections = await hub.counts(channel), await hub.clients(channel)
         return _json(request, channel_stats(channel, counts, connections))
 
     @app.route("/channels/<name>/dead-letters", methods=["GET"])

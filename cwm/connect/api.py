@@ -19,23 +19,17 @@ import hmac
 import json
 from typing import Any
 
-from autobahn.twisted.resource import WebSocketResource
-from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from klein import Klein
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
-from twisted.internet.protocol import connectionDone
-from twisted.logger import Logger
-from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 
 from cwm.connect.buffer import Buffered, ChannelCounts
-from cwm.connect.hub import RESUME_GRACE, Channel, ConnectHub, ConnectUnavailable, Connection, NotInFlight, iso
+from cwm.connect.hub import RESUME_GRACE, Channel, ConnectHub, Connection, NotInFlight, iso
 from cwm.errors import HTTPError
 from cwm.web.errors import install_json_errors, json_answer
 
 FULL_RETRY_AFTER = 5
-MAX_CLIENT_FRAME = 64 * 1024
 
 
 def not_initialized() -> HTTPError:
@@ -163,101 +157,6 @@ class _Poll:
             self.done.callback(self.messages)
 
 
-class ChannelSocket(WebSocketServerProtocol):
-    """One connector's WebSocket: wire messages out; ack, nack and heartbeat frames in."""
-
-    _log = Logger()
-    factory: ChannelSocketFactory
-
-    def onOpen(self) -> None:
-        f = self.factory
-        self._beat: IDelayedCall | None = None
-        self._send_json({"type": "connected", "connection_id": f.connection.id, "channel": f.connection.channel,
-                         "timestamp": iso(f.clock.seconds())})
-        f.hub.attach(f.connection, self._send_batch, self._close_by_server)
-        self._beat = f.clock.callLater(f.heartbeat, self._heartbeat)
-
-    def onMessage(self, payload: bytes, isBinary: bool) -> None:
-        f = self.factory
-        try:
-            frame = json.loads(payload)
-            kind = frame.get("type") if isinstance(frame, dict) else None
-        except ValueError:
-            kind = None
-            frame = {}
-        f.connection.last_activity = f.clock.seconds()
-        if kind in ("ack", "nack") and isinstance(frame.get("message_id"), str):
-            retry = frame.get("retry", True)
-            reason = frame.get("reason") if isinstance(frame.get("reason"), str) else ""
-            d = Deferred.fromCoroutine(
-                f.hub.settle(f.connection, frame["message_id"], kind == "ack", retry is not False, reason[:200])
-            )
-            d.addErrback(self._settle_failed, frame["message_id"])
-        elif kind != "heartbeat":
-            self._send_json({"type": "error", "error": "expected a JSON frame of type ack, nack or heartbeat"})
-
-    def _settle_failed(self, failure: Any, message_id: str) -> None:
-        if failure.check(NotInFlight):
-            return  # an ack for a message this connection does not hold: ignored
-        if failure.check(ConnectUnavailable):
-            self._log.warn("ack of {message_id} not recorded: Redis unavailable; it is redelivered later",
-                           message_id=message_id)
-            return
-        self._log.failure("settling {message_id} failed", failure, message_id=message_id)
-
-    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
-        self._stop_heartbeat()
-        self.factory.hub.disconnect(self.factory.connection, hold=0)
-
-    def connectionLost(self, reason: Failure = connectionDone) -> None:
-        super().connectionLost(reason)
-        self._stop_heartbeat()
-        self.factory.hub.disconnect(self.factory.connection, hold=0)
-
-    def _stop_heartbeat(self) -> None:
-        beat = getattr(self, "_beat", None)
-        if beat is not None and beat.active():
-            beat.cancel()
-        self._beat = None
-
-    def _heartbeat(self) -> None:
-        now = self.factory.clock.seconds()
-        self._send_json({"type": "heartbeat", "timestamp": iso(now), "server_time": now})
-        self._beat = self.factory.clock.callLater(self.factory.heartbeat, self._heartbeat)
-
-    def _send_json(self, frame: dict[str, Any]) -> None:
-        self.sendMessage(json.dumps(frame, separators=(",", ":")).encode())
-
-    def _send_batch(self, messages: list[Buffered]) -> None:
-        for message in messages:
-            self._send_json(message.wire())
-
-    def _close_by_server(self, reason: str) -> None:
-        self.sendClose(4000, reason[:120])
-
-
-class ChannelSocketFactory(WebSocketServerFactory):
-    """Builds the protocol of one already-authorised connection."""
-
-    protocol = ChannelSocket  # type: ignore[assignment]
-
-    def __init__(self, hub: ConnectHub, connection: Connection, clock: IReactorTime, heartbeat: float) -> None:
-        super().__init__()
-        self.hub = hub
-        self.connection = connection
-        self.clock = clock
-        self.heartbeat = heartbeat
-        # A peer that stops answering pings is dropped (no silent half-open stream).
-        self.setProtocolOptions(
-            autoPingInterval=heartbeat,
-            autoPingTimeout=max(5.0, heartbeat),
-            maxMessagePayloadSize=MAX_CLIENT_FRAME,
-            maxFramePayloadSize=MAX_CLIENT_FRAME,
-            openHandshakeTimeout=10,
-            closeHandshakeTimeout=5,
-        )
-
-
 class ConnectStreams:
     """The routes under ``/connect/``."""
 
@@ -306,8 +205,9 @@ class ConnectStreams:
             raise HTTPError(426, "This is the WebSocket endpoint: upgrade to WebSocket", {"Upgrade": "websocket"})
         hub, found, token = await self._authorized(request, channel)
         connection = await self._connect(hub, found, "websocket", request, token, found.config.max_in_flight)
-        factory = ChannelSocketFactory(hub, connection, self._clock, found.config.heartbeat_interval_seconds)
-        return WebSocketResource(factory)
+        from cwm.connect.ws import websocket_resource  # autobahn: imported by the first WebSocket
+
+        return websocket_resource(hub, connection, self._clock, found.config.heartbeat_interval_seconds)
 
     @app.route("/stream/<channel>/sse", methods=["GET"])
     async def sse(self, request: IRequest, channel: str) -> bytes:
@@ -395,7 +295,7 @@ class ConnectStreams:
         if not bearer(request_header(request, b"authorization")):
             raise HTTPError(401, "Missing authorization header")
         hub, found, _ = await self._authorized(request, channel)
-        counts, connections = await hub.counts(found)
+        counts, connections = await hub.counts(found), await hub.clients(found)
         body = {
             "channel": found.name,
             "connected": True,

@@ -43,14 +43,18 @@ redis.call('HINCRBY', KEYS[3], ARGV[3], 1)
 return {seq, id}
 """
 
-# Shared by the scripts below: read one entry into a table, or nil.
+# Shared by the scripts below: a flat field list as a table; one entry by id
+# (or nil); a message settled (counted, and no longer pending for its webhook).
 _ENTRY = """
+local function fields(flat)
+  local m = {}
+  for i = 1, #flat, 2 do m[flat[i]] = flat[i + 1] end
+  return m
+end
 local function entry(key, id)
   local found = redis.call('XRANGE', key, id, id)
   if #found == 0 then return nil end
-  local fields, m = found[1][2], {}
-  for i = 1, #fields, 2 do m[fields[i]] = fields[i + 1] end
-  return m
+  return fields(found[1][2])
 end
 local function settled(counts, stat, wid)
   redis.call('HINCRBY', counts, stat, 1)
@@ -100,16 +104,14 @@ local function after(a, b)
 end
 local start = '0-0'
 for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
-  local info = {}
-  for i = 1, #g, 2 do info[g[i]] = g[i + 1] end
+  local info = fields(g)
   if info['name'] == ARGV[1] then start = info['last-delivered-id'] end
 end
 if ARGV[3] ~= '' and after(ARGV[3], start) then start = ARGV[3] end
 local found = redis.call('XRANGE', KEYS[1], '(' .. start, '+', 'COUNT', ARGV[4])
 local expired = 0
 for _, e in ipairs(found) do
-  local fields, m = e[2], {}
-  for i = 1, #fields, 2 do m[fields[i]] = fields[i + 1] end
+  local m = fields(e[2])
   if tonumber(m['exp']) <= tonumber(ARGV[2]) then
     redis.call('XDEL', KEYS[1], e[1])
     settled(KEYS[2], 'expired', m['wid'])
@@ -155,13 +157,11 @@ settled(KEYS[2], 'expired', m['wid'])
 return 1
 """
 
-_REPLAY = """
+_REPLAY = _ENTRY + """
 local moved = 0
 for i = 3, #ARGV do
-  local found = redis.call('XRANGE', KEYS[4], ARGV[i], ARGV[i])
-  if #found > 0 then
-    local fields, m = found[1][2], {}
-    for j = 1, #fields, 2 do m[fields[j]] = fields[j + 1] end
+  local m = entry(KEYS[4], ARGV[i])
+  if m then
     redis.call('XADD', KEYS[1], '*', 'mid', m['mid'], 'wid', m['wid'], 'exp', ARGV[1],
       'seq', m['seq'], 'n', 0, 'env', m['env'])
     redis.call('HINCRBY', KEYS[3], m['wid'], 1)

@@ -19,8 +19,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cwm.errors import ConfigError
+from cwm.modules._config import get_bool, reject_unknown_keys
 
-_CHANNEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+CHANNEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+"""What a channel may be called (upstream's rule, bounded)."""
 _KEYS = frozenset(
     {
         "channel",
@@ -69,11 +71,9 @@ def parse_channel_config(config: Mapping[str, Any]) -> ChannelConfig:
     Raises:
         ConfigError: the reason, never the token.
     """
-    unknown = sorted(set(config) - _KEYS)
-    if unknown:
-        raise ConfigError(f"module-config: unknown key {unknown[0]!r}")
+    reject_unknown_keys(config, _KEYS)
     name = config.get("channel")
-    if not isinstance(name, str) or not _CHANNEL.fullmatch(name):
+    if not isinstance(name, str) or not CHANNEL_NAME.fullmatch(name):
         raise ConfigError(
             "module-config.channel: required; 1-128 characters of A-Z a-z 0-9 _ . - starting with a letter or digit"
         )
@@ -83,9 +83,7 @@ def parse_channel_config(config: Mapping[str, Any]) -> ChannelConfig:
     ack_timeout = config.get("ack_timeout_seconds", 30)
     if isinstance(ack_timeout, bool) or not isinstance(ack_timeout, (int, float)) or not 1 <= ack_timeout <= 86400:
         raise ConfigError("module-config.ack_timeout_seconds: expected a number from 1 to 86400")
-    forward = config.get("forward_credentials", False)
-    if not isinstance(forward, bool):
-        raise ConfigError("module-config.forward_credentials: expected true or false")
+    forward = get_bool(config, "forward_credentials", False)
     return ChannelConfig(
         name=name,
         token=token,

@@ -62,6 +62,7 @@ REGISTRY_TTL = 30.0
 """A connection listed in Redis drops out this long after its instance last refreshed it."""
 CONSUMER_FORGOTTEN_MS = 24 * 3600 * 1000
 """A consumer (instance) that held nothing for a day is removed from a channel's group."""
+UNCONFIGURED_MAX_DELIVERIES = 1_000_000
 TICK_SECONDS = 1.0
 SWEEP_SECONDS = 5.0
 
@@ -83,10 +84,6 @@ class ConnectUnavailable(HTTPError):
     def __init__(self, cause: str) -> None:
         super().__init__(503, "Webhook Connect buffer unavailable", {"Retry-After": str(UNAVAILABLE_RETRY_AFTER)})
         self.cause = cause
-
-
-class UnknownConnection(Exception):
-    """No such connection on this instance."""
 
 
 class NotInFlight(Exception):
@@ -299,7 +296,7 @@ class ConnectHub:
         if channel is None:
             channel = self._channels[config.name] = Channel(config.name, self._clock.seconds())
         channel.registrations.pop(owner, None)
-        others = [c for o, c in channel.registrations.items()]
+        others = list(channel.registrations.values())
         channel.registrations[owner] = config
         if any(other != config for other in others):
             self._log.warn(
@@ -558,7 +555,6 @@ class ConnectHub:
         if item is None:
             raise NotInFlight(message_id)
         channel = self._channels.get(connection.channel)
-        config = channel.config if channel is not None else None
         try:
             if ack:
                 outcome = "acked" if await self._call(self._buffer.ack(connection.channel, item.message.stream_id)) else "gone"
@@ -567,7 +563,7 @@ class ConnectHub:
                     self._buffer.give_back(
                         connection.channel,
                         item.message.stream_id,
-                        config.max_deliveries if config else 1,
+                        self._max_deliveries(connection.channel),
                         reason or ("nack" if retry else "nack without retry"),
                         self._clock.seconds(),
                         dead=not retry,
@@ -596,13 +592,21 @@ class ConnectHub:
         for item in items:
             self._spawn(self._give_back(connection.channel, item.message, reason))
 
-    async def _give_back(self, channel_name: str, message: Buffered, reason: str, counted: bool = True) -> None:
+    def _max_deliveries(self, channel_name: str) -> int:
+        """The channel's limit; a channel no longer configured keeps its messages (it may come back)."""
         channel = self._channels.get(channel_name)
-        max_deliveries = channel.config.max_deliveries if channel is not None else 1_000_000
+        return channel.config.max_deliveries if channel is not None else UNCONFIGURED_MAX_DELIVERIES
+
+    async def _give_back(self, channel_name: str, message: Buffered, reason: str, counted: bool = True) -> None:
         try:
             await self._call(
                 self._buffer.give_back(
-                    channel_name, message.stream_id, max_deliveries, reason, self._clock.seconds(), counted=counted
+                    channel_name,
+                    message.stream_id,
+                    self._max_deliveries(channel_name),
+                    reason,
+                    self._clock.seconds(),
+                    counted=counted,
                 )
             )
         except ConnectUnavailable:
@@ -676,10 +680,7 @@ class ConnectHub:
         while self._running:
             wanted = self._wanted()
             if not wanted:
-                self._idle = Deferred()
-                try:
-                    await self._idle
-                except CancelledError:
+                if not await self._pause(None):
                     return
                 continue
             self._reading = frozenset(wanted)
@@ -711,8 +712,8 @@ class ConnectHub:
             self.buffer_ok = True
             self._dispatch(messages)
 
-    async def _pause(self, delay: float) -> bool:
-        """Wait ``delay`` seconds (or until a window opens); False once stopped."""
+    async def _pause(self, delay: float | None) -> bool:
+        """Wait ``delay`` seconds (None: no limit) or until a window opens; False once stopped."""
         wait: Deferred[None] = Deferred()
         self._idle = wait
 
@@ -721,13 +722,13 @@ class ConnectHub:
                 self._idle = None
                 wait.callback(None)
 
-        call = self._clock.callLater(delay, wake)
+        call = self._clock.callLater(delay, wake) if delay is not None else None
         try:
             await wait
         except CancelledError:
             return False
         finally:
-            if call.active():
+            if call is not None and call.active():
                 call.cancel()
         return self._running
 
@@ -819,11 +820,9 @@ class ConnectHub:
 
     # -- stats -----------------------------------------------------------------
 
-    async def counts(self, channel: Channel) -> tuple[ChannelCounts, list[dict[str, Any]]]:
-        """Message counts and live connections of the channel, from Redis (every instance)."""
-        counts = await self._call(self._buffer.counts(channel.name))
-        connections = await self._call(self._buffer.connections(channel.name, self._clock.seconds()))
-        return counts, connections
+    async def counts(self, channel: Channel) -> ChannelCounts:
+        """Message counts of the channel, from Redis (every instance's)."""
+        return await self._call(self._buffer.counts(channel.name))
 
     async def dead_letters(self, channel: Channel, limit: int) -> list[dict[str, Any]]:
         return await self._call(self._buffer.dead_letters(channel.name, limit))

@@ -12,21 +12,19 @@ A bad value stops start-up with one line that names where it came from.
 from __future__ import annotations
 
 import json
-import os
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
 from cwm.errors import ConfigError
-from cwm.settings import boolean, choice, integer, number
+from cwm.connect.channels import CHANNEL_NAME
+from cwm.request import HEADER_NAME
+from cwm.settings import boolean, choice, integer, key_prefix, number, readable_file
 
 PROTOCOLS = ("websocket", "sse", "long_poll")
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 METHODS = ("POST", "PUT", "PATCH")
-_CHANNEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
-_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 
 
 @dataclass(frozen=True)
@@ -96,7 +94,7 @@ def _url(text: str) -> str:
 
 
 def _channel(text: str) -> str:
-    if not _CHANNEL.fullmatch(text) or ".." in text:
+    if not CHANNEL_NAME.fullmatch(text) or ".." in text:
         raise ValueError("expected 1-128 characters of A-Z a-z 0-9 . _ - starting with a letter or digit")
     return text
 
@@ -105,23 +103,6 @@ def _text(text: str) -> str:
     if not text.strip():
         raise ValueError("expected a non-empty value")
     return text.strip()
-
-
-def _prefix(text: str) -> str:
-    cleaned = text.strip().strip("/")
-    if not cleaned or "//" in cleaned:
-        raise ValueError("expected a key prefix such as /cwm/")
-    return f"/{cleaned}/"
-
-
-def _file(cwd: str) -> Callable[[str], str]:
-    def parse(text: str) -> str:
-        path = os.path.join(cwd, os.path.expanduser(text.strip()))
-        if not os.path.isfile(path):
-            raise ValueError("no such file")
-        return path
-
-    return parse
 
 
 @dataclass(frozen=True)
@@ -149,15 +130,15 @@ def _fields(cwd: str) -> list[_Field]:
         _Field("ack_timeout", "CONNECTOR_ACK_TIMEOUT", None, seconds, (int, float)),
         _Field("log_level", "CONNECTOR_LOG_LEVEL", "log-level", choice(*LOG_LEVELS)),
         _Field("verify_ssl", "CONNECTOR_VERIFY_SSL", None, boolean, bool),
-        _Field("ca_cert_path", "CONNECTOR_CA_CERT_PATH", None, _file(cwd)),
-        _Field("client_cert_path", "CONNECTOR_CLIENT_CERT_PATH", None, _file(cwd)),
-        _Field("client_key_path", "CONNECTOR_CLIENT_KEY_PATH", None, _file(cwd)),
+        _Field("ca_cert_path", "CONNECTOR_CA_CERT_PATH", None, readable_file(cwd)),
+        _Field("client_cert_path", "CONNECTOR_CLIENT_CERT_PATH", None, readable_file(cwd)),
+        _Field("client_key_path", "CONNECTOR_CLIENT_KEY_PATH", None, readable_file(cwd)),
         _Field("connector_id", "CONNECTOR_ID", "connector-id", _text),
-        _Field("webhooks_config", "CONNECTOR_WEBHOOKS_CONFIG", "webhooks-config", _file(cwd)),
-        _Field("connections_config", "CONNECTOR_CONNECTIONS_CONFIG", "connections-config", _file(cwd)),
+        _Field("webhooks_config", "CONNECTOR_WEBHOOKS_CONFIG", "webhooks-config", readable_file(cwd)),
+        _Field("connections_config", "CONNECTOR_CONNECTIONS_CONFIG", "connections-config", readable_file(cwd)),
         _Field("etcd_host", "CONNECTOR_ETCD_HOST", None, _text),
         _Field("etcd_port", "CONNECTOR_ETCD_PORT", None, integer(1, 65535), int),
-        _Field("etcd_prefix", "CONNECTOR_ETCD_PREFIX", None, _prefix),
+        _Field("etcd_prefix", "CONNECTOR_ETCD_PREFIX", None, key_prefix),
         _Field("etcd_username", "CONNECTOR_ETCD_USERNAME", None, _text),
         _Field("etcd_password", "CONNECTOR_ETCD_PASSWORD", None, _text),
         _Field("namespace", "CONNECTOR_NAMESPACE", None, _text),
@@ -187,7 +168,7 @@ def _target(value: Any, where: str) -> Target:
         raise ConfigError(f"invalid {where}.method: expected one of {', '.join(METHODS)}")
     headers = value.get("headers", {})
     if not isinstance(headers, dict) or not all(
-        isinstance(k, str) and _HEADER_NAME.fullmatch(k) and isinstance(v, str) and not any(c in v for c in "\r\n\0")
+        isinstance(k, str) and HEADER_NAME.fullmatch(k) and isinstance(v, str) and not any(c in v for c in "\r\n\0")
         for k, v in headers.items()
     ):
         raise ConfigError(f"invalid {where}.headers: expected an object of header names to string values")

@@ -12,7 +12,7 @@ from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientPr
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, DeferredQueue
 from twisted.internet.protocol import Protocol
-from twisted.web.client import HTTPConnectionPool, ResponseDone
+from twisted.web.client import HTTPConnectionPool
 
 WAIT = 15.0
 
@@ -195,6 +195,3 @@ async def ws_refused(port: int, channel: str, token: str) -> str:
     except ConnectionError as e:
         return str(e)
     raise AssertionError("the WebSocket was accepted")
-
-
-__all__ = ["SSEClient", "WSClient", "bounded", "call", "ws_refused", "ResponseDone"]

@@ -39,7 +39,7 @@ def test_defaults_are_upstreams_plus_ours() -> None:
         ({"channel": "c", "channel_token": "t", "max_in_flight": True}, "module-config.max_in_flight"),
         ({"channel": "c", "channel_token": "t", "ack_timeout_seconds": 0}, "module-config.ack_timeout_seconds"),
         ({"channel": "c", "channel_token": "t", "forward_credentials": "yes"}, "module-config.forward_credentials"),
-        ({"channel": "c", "channel_token": "t", "nope": 1}, "unknown key 'nope'"),
+        ({"channel": "c", "channel_token": "t", "nope": 1}, "module-config.nope: unknown key"),
     ],
 )
 def test_invalid_configs_name_the_key(config: dict[str, object], reason: str) -> None:

@@ -180,12 +180,18 @@ def test_sse_resume_takes_over_what_the_client_saw_and_resends_the_rest() -> Non
     assert sorted(new.in_flight) == ["msg_2", "msg_3"] and hub.connection(old.id) is None
     clock.advance(RESUME_GRACE + 1)
     assert buffer.given_back() == []
-    # Resuming from an event it already acked works too (the acked id is remembered).
+    # Resuming from an event the client already acked works too (acked ids are remembered).
+    assert settle(hub, new, "msg_2") == "acked"
     hub.disconnect(new, hold=RESUME_GRACE)
     third, received = open_connection(hub, "sse", window=5)
-    assert hub.resume(third, "1-0") == 0  # a different connection saw 1: nothing to take over
+    assert hub.resume(third, "2-0") == 1
+    assert received == [3] and sorted(third.in_flight) == ["msg_3"]
+    # An id no held connection sent: nothing to take over.
+    fourth, _ = open_connection(hub, "sse", window=5)
+    assert hub.resume(fourth, "1-0") == 0 and fourth.in_flight == {}
+    hub.disconnect(third, hold=RESUME_GRACE)
     clock.advance(RESUME_GRACE + 1)
-    assert sorted(c[0] for c in buffer.given_back()) == ["2-0", "3-0"]  # grace over: given back
+    assert [c[:2] for c in buffer.given_back()] == [("3-0", "connection closed")]  # grace over: given back
     hub.stop()
 
 
