@@ -159,7 +159,7 @@ def choice(*choices: str) -> Callable[[str], str]:
     return parse
 
 
-def _endpoint(text: str) -> str:
+def server_endpoint(text: str) -> str:
     try:
         serverFromString(MemoryReactor(), text)
     except (ValueError, TypeError, KeyError) as e:
@@ -220,7 +220,7 @@ def parse_settings(
             raise ValueError("expected a file path")
         return FilePath(os.path.join(cwd, os.path.expanduser(text)))
 
-    listen = source.get("listen", None, _endpoint, "") or _endpoint(_default_listen(source))
+    listen = source.get("listen", None, server_endpoint, "") or server_endpoint(_default_listen(source))
     backend = source.get("config-backend", "CONFIG_BACKEND", choice(*CONFIG_BACKENDS), "file")
     return Settings(
         etcd=_etcd_settings(source, cwd) if backend == "etcd" else None,

@@ -56,7 +56,9 @@ class Message:
         webhook_id = data.get("webhook_id")
         if not isinstance(webhook_id, str):
             webhook_id = ""
-        raw_headers = data.get("headers") or {}
+        raw_headers = data.get("headers")
+        if raw_headers is None:
+            raw_headers = {}
         if not isinstance(raw_headers, dict):
             raise MalformedMessage(f"message {message_id}: headers is not an object")
         headers: dict[str, str] = {}

@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 from cwm.errors import ConfigError
 from cwm.connect.channels import CHANNEL_NAME
 from cwm.request import HEADER_NAME
-from cwm.settings import boolean, choice, integer, key_prefix, number, readable_file
+from cwm.settings import boolean, choice, integer, key_prefix, number, readable_file, server_endpoint
 
 PROTOCOLS = ("websocket", "sse", "long_poll")
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
@@ -56,6 +56,7 @@ class ConnectorSettings:
     connection_timeout: float = 30.0
     max_concurrent_requests: int = 10
     ack_timeout: float = 30.0
+    drain_timeout: float = 30.0
     log_level: str = "info"
     verify_ssl: bool = True
     ca_cert_path: str | None = None
@@ -128,6 +129,7 @@ def _fields(cwd: str) -> list[_Field]:
         _Field("connection_timeout", "CONNECTOR_CONNECTION_TIMEOUT", None, seconds, (int, float)),
         _Field("max_concurrent_requests", "CONNECTOR_MAX_CONCURRENT_REQUESTS", None, integer(1, 10_000), int),
         _Field("ack_timeout", "CONNECTOR_ACK_TIMEOUT", None, seconds, (int, float)),
+        _Field("drain_timeout", "CONNECTOR_DRAIN_TIMEOUT", None, number(0.0, 3600.0), (int, float)),
         _Field("log_level", "CONNECTOR_LOG_LEVEL", "log-level", choice(*LOG_LEVELS)),
         _Field("verify_ssl", "CONNECTOR_VERIFY_SSL", None, boolean, bool),
         _Field("ca_cert_path", "CONNECTOR_CA_CERT_PATH", None, readable_file(cwd)),
@@ -142,7 +144,7 @@ def _fields(cwd: str) -> list[_Field]:
         _Field("etcd_username", "CONNECTOR_ETCD_USERNAME", None, _text),
         _Field("etcd_password", "CONNECTOR_ETCD_PASSWORD", None, _text),
         _Field("namespace", "CONNECTOR_NAMESPACE", None, _text),
-        _Field("status_listen", "CONNECTOR_STATUS_LISTEN", "status-listen", _text),
+        _Field("status_listen", "CONNECTOR_STATUS_LISTEN", "status-listen", server_endpoint),
     ]
 
 
