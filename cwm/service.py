@@ -20,8 +20,7 @@ from twisted.web.client import HTTPConnectionPool
 
 from cwm.config.files import FileConfigSource
 from cwm.config.store import ConfigStore
-from cwm.modules.base import ModuleContext
-from cwm.modules.ssrf import build_http_clients
+from cwm.modules.runtime import ModulesService, module_context
 from cwm.pipeline import WebhookPipeline
 from cwm.settings import ReceiverOptions, Settings
 from cwm.web.limits import LimitedSite
@@ -33,23 +32,6 @@ if TYPE_CHECKING:
     from cwm.connect.hub import ConnectHub
 
 Options = ReceiverOptions
-
-
-class _StoreService(Service):
-    """Closes every module instance, then the HTTP pools, once everything else has stopped."""
-
-    def __init__(self, store: ConfigStore, pools: tuple[HTTPConnectionPool, ...]) -> None:
-        self._store = store
-        self._pools = pools
-
-    def stopService(self) -> Deferred[None]:
-        super().stopService()
-
-        def close_pools(_: object) -> Deferred[None]:
-            closing = [pool.closeCachedConnections() for pool in self._pools]
-            return DeferredList(closing, consumeErrors=True).addCallback(lambda _: None)
-
-        return self._store.close().addCallback(close_pools)
 
 
 class _VaultService(Service):
@@ -232,15 +214,7 @@ def build_receiver(
     install_reload_signal: Callable[[Callable[[], None]], Callable[[], None]] | None = None,
 ) -> tuple[MultiService, WebhookReceiver, LimitedSite]:
     """Wire the receiver from its settings; returns the tree and its web parts."""
-    pools = (HTTPConnectionPool(reactor, persistent=True), HTTPConnectionPool(reactor, persistent=True))
-    guarded, unguarded = build_http_clients(reactor, pools)
-    context = ModuleContext(
-        clock=reactor,
-        stdout=stdout,
-        http=guarded,
-        http_unguarded=unguarded,
-        working_dir=settings.working_dir,
-    )
+    context, pools = module_context(reactor, stdout, settings.working_dir)
     top = MultiService()
     # Started in this order, stopped in reverse: the listener stops first,
     # then the configuration source, then every module closes, then Webhook
@@ -249,7 +223,7 @@ def build_receiver(
     hub = _connect_hub(settings, reactor, top)
     context = replace(context, connect=hub)
     store = ConfigStore(context, environ, secrets=secrets)
-    _StoreService(store, pools).setServiceParent(top)
+    ModulesService(store, pools).setServiceParent(top)
     if settings.etcd is not None:
         source_status = _etcd_source(settings, store, reactor, top)
     else:

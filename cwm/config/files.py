@@ -112,7 +112,7 @@ class FileConfigSource(Service):
         self,
         store: ConfigStore,
         webhooks: FilePath,
-        connections: FilePath,
+        connections: FilePath | None,
         clock: IReactorTime,
         watching: bool = False,
         debounce: float = 3.0,
@@ -120,9 +120,11 @@ class FileConfigSource(Service):
         install_reload_signal: Callable[[Callable[[], None]], Callable[[], None]] | None = None,
     ) -> None:
         self._store = store
-        self._files = (
-            _WatchedFile(webhooks, "webhooks"),
-            _WatchedFile(connections, "connections"),
+        # Without a connections file there are no connections (the connector's case).
+        self._files = tuple(
+            _WatchedFile(path, label)
+            for path, label in ((webhooks, "webhooks"), (connections, "connections"))
+            if path is not None
         )
         self._clock = clock
         self._watching = watching
@@ -176,9 +178,9 @@ class FileConfigSource(Service):
                     reason=f.error,
                     label=f.label,
                 )
-        webhooks, connections = self._files
+        documents = {f.label: f.document or {} for f in self._files}
         self._store.replace_all(
-            {DEFAULT_NAMESPACE: webhooks.document or {}}, connections.document or {}
+            {DEFAULT_NAMESPACE: documents["webhooks"]}, documents.get("connections", {})
         )
         self._store.mark_loaded()
         self.last_reload = self._clock.seconds()
