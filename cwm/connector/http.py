@@ -41,7 +41,7 @@ from twisted.internet.interfaces import IOpenSSLClientConnectionCreator, IReacto
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.client import Agent, HTTPConnectionPool, ResponseFailed
+from twisted.web.client import Agent, HTTPConnectionPool, ResponseFailed, _HTTP11ClientFactory
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IBodyProducer, IPolicyForHTTPS
 from zope.interface import implementer
@@ -292,29 +292,28 @@ class HttpDelivery:
 # a policy is built, so that importing this module stays cheap.
 
 
-def http_client(reactor: Any, settings: ConnectorSettings) -> tuple[HTTPClient, HTTPConnectionPool]:
+class _QuietHTTP11ClientFactory(_HTTP11ClientFactory):
+    noisy = False
+
+
+def http_client(
+    reactor: Any, settings: ConnectorSettings, policy: ConnectorTLSPolicy | None = None
+) -> tuple[HTTPClient, HTTPConnectionPool]:
     """A treq client on a persistent pool, with the connector's TLS settings and no cookies.
 
     ``reactor`` provides ``IReactorTCP`` and ``IReactorTime``. The caller owns
     the pool and closes it (``pool.closeCachedConnections()``) at stop.
+    Pass ``policy`` to share one TLS policy (and one read of its files).
 
     Raises:
         ConfigError: a CA, certificate or key file that cannot be read or used.
     """
     pool = HTTPConnectionPool(reactor, persistent=True)
-    agent = Agent(reactor, contextFactory=tls_policy(settings), connectTimeout=settings.connection_timeout, pool=pool)
+    pool._factory = _QuietHTTP11ClientFactory  # no "Starting factory" line per connection
+    agent = Agent(reactor, contextFactory=policy or tls_policy(settings), connectTimeout=settings.connection_timeout, pool=pool)
     # Targets must not plant cookies that later messages would carry back.
     jar = IndexableCookieJar(policy=DefaultCookiePolicy(allowed_domains=[]))
     return HTTPClient(agent, cookiejar=jar, data_to_body_producer=_body_producer), pool
-
-
-def tls_creator(settings: ConnectorSettings) -> Callable[[str], IOpenSSLClientConnectionCreator]:
-    """TLS client connections per host name, for connections that do not go through the Agent.
-
-    Raises:
-        ConfigError: as ``http_client``.
-    """
-    return tls_policy(settings).creator
 
 
 def tls_policy(settings: ConnectorSettings) -> ConnectorTLSPolicy:

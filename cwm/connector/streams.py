@@ -368,6 +368,12 @@ class CloudLink:
                                    reason=reason)
             except Exception as e:
                 reason = _describe(e)
+            if self._quiet and not self._stopping:
+                # A long-poll cancelled by quiesce(): wait quietly for stop().
+                try:
+                    await self._cancellable(Deferred())
+                except CancelledError:
+                    reason = "connector stopping"
             self._down(reason)
             if self._stopping:
                 break
@@ -466,6 +472,7 @@ class CloudLink:
         url = ("wss" if secure else "ws") + self._stream_url[len(parts.scheme):]
         factory = WebSocketClientFactory(url, headers=self._headers(), reactor=self._reactor)
         factory.protocol = CloudSocket
+        factory.noisy = False
         factory.setProtocolOptions(
             openHandshakeTimeout=self.settings.connection_timeout,
             closeHandshakeTimeout=5,

@@ -19,36 +19,23 @@ TWISTD = str(Path(sys.executable).with_name("twistd"))
 START_TIMEOUT = 30.0
 
 
-class CwmProcess:
-    """One ``twistd --pidfile= -n cwm`` child whose output is collected line by line."""
+class TwistdProcess:
+    """One ``twistd --pidfile= -n PLUGIN ...`` child whose output is collected line by line."""
 
     def __init__(
         self,
         workdir: Path,
-        webhooks: Path,
-        connections: Path,
+        plugin_args: list[str],
         env: Mapping[str, str] | None = None,
-        args: tuple[str, ...] = (),
+        drop_env: tuple[str, ...] = ("CONFIG_", "WEBHOOK", "CONNECTOR_"),
     ) -> None:
         self.workdir = workdir
         self.lines: list[str] = []
         self._changed = threading.Condition()
-        environ = {k: v for k, v in os.environ.items() if not k.startswith(("CONFIG_", "WEBHOOK"))}
+        environ = {k: v for k, v in os.environ.items() if not k.startswith(drop_env)}
         environ.update(env or {})
         self.process = subprocess.Popen(
-            [
-                TWISTD,
-                "--pidfile=",
-                "-n",
-                "cwm",
-                "--listen",
-                "tcp:0:interface=127.0.0.1",
-                "--webhooks",
-                str(webhooks),
-                "--connections",
-                str(connections),
-                *args,
-            ],
+            [TWISTD, "--pidfile=", "-n", *plugin_args],
             cwd=workdir,
             env=environ,
             stdout=subprocess.PIPE,
@@ -58,8 +45,6 @@ class CwmProcess:
         )
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
-        match = self.wait_for(r"LimitedSite starting on (\d+)", START_TIMEOUT)
-        self.port = int(match.group(1))
 
     def _read(self) -> None:
         assert self.process.stdout is not None
@@ -146,6 +131,27 @@ class CwmProcess:
                 raise AssertionError("twistd did not stop within %s s after SIGTERM" % timeout)
         self._reader.join(5)
         return self.process.returncode
+
+
+class CwmProcess(TwistdProcess):
+    """One ``twistd --pidfile= -n cwm`` on a random loopback port."""
+
+    def __init__(
+        self,
+        workdir: Path,
+        webhooks: Path,
+        connections: Path,
+        env: Mapping[str, str] | None = None,
+        args: tuple[str, ...] = (),
+    ) -> None:
+        super().__init__(
+            workdir,
+            ["cwm", "--listen", "tcp:0:interface=127.0.0.1", "--webhooks", str(webhooks),
+             "--connections", str(connections), *args],
+            env,
+        )
+        match = self.wait_for(r"LimitedSite starting on (\d+)", START_TIMEOUT)
+        self.port = int(match.group(1))
 
 
 def start_cwm(tmp_path: Path, webhooks: Any, connections: Any = None, **kwargs: Any) -> CwmProcess:

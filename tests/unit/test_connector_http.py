@@ -36,7 +36,6 @@ from cwm.connector.http import (
     http_client,
     outgoing_headers,
     retry_wait,
-    tls_creator,
     tls_policy,
 )
 from cwm.connector.message import DELIVERED, Message, Outcome
@@ -737,9 +736,9 @@ def test_verify_ssl_false_accepts_any_certificate(tls_files: TlsFiles, with_clie
     assert (client.data, server.data) == (b"hello", b"hello")
 
 
-def test_tls_creator_gives_one_creator_per_host(tls_files: TlsFiles) -> None:
+def test_the_policy_gives_one_creator_per_host(tls_files: TlsFiles) -> None:
     """For the cloud's WebSocket connection: the same settings, made once per host."""
-    make = tls_creator(connector_settings(target(), ca_cert_path=tls_files.ca_cert))
+    make = tls_policy(connector_settings(target(), ca_cert_path=tls_files.ca_cert)).creator
     assert make("127.0.0.1") is make("127.0.0.1")
     assert make("127.0.0.1") is not make("localhost")
     client, _, _ = _handshake(make("127.0.0.1"), tls_files)

@@ -8,3 +8,10 @@ cwm_receiver = ServiceMaker(
     "Webhook receiver and router (Klein on the reactor).",
     "cwm",
 )
+
+cwm_connector = ServiceMaker(
+    "cwm-connector",
+    "cwm.connector.service",
+    "Webhook Connect local connector: pulls a channel from a cloud cwm and delivers locally.",
+    "cwm-connector",
+)
