@@ -70,6 +70,16 @@ if m then settled(KEYS[2], 'delivered', m['wid']) end
 return 1
 """
 
+_COUNTS = """
+local length = redis.call('XLEN', KEYS[1])
+local in_flight = 0
+if length > 0 then
+  local ok, summary = pcall(redis.call, 'XPENDING', KEYS[1], ARGV[1])
+  if ok and summary then in_flight = summary[1] end
+end
+return {length, in_flight, redis.call('HGETALL', KEYS[2]), redis.call('HGETALL', KEYS[3]), redis.call('XLEN', KEYS[4])}
+"""
+
 _GIVE_BACK = _ENTRY + """
 if redis.call('XACK', KEYS[1], ARGV[1], ARGV[2]) == 0 then return {0, 0, ''} end
 local m = entry(KEYS[1], ARGV[2])
@@ -530,17 +540,14 @@ class StreamBuffer:
 
     async def counts(self, channel: str) -> ChannelCounts:
         k = self.keys(channel)
-        length = int(await self._redis.execute_command("XLEN", k.stream))
-        try:
-            summary = await self._redis.execute_command("XPENDING", k.stream, GROUP)
-            in_flight = int(summary[0]) if summary else 0
-        except Exception as e:
-            if "NOGROUP" not in str(e):
-                raise
-            in_flight = 0
-        stats = _fields(await self._redis.execute_command("HGETALL", k.counts) or [])
-        by_webhook = _fields(await self._redis.execute_command("HGETALL", k.by_webhook) or [])
-        dead = int(await self._redis.execute_command("XLEN", k.dead))
+        # One script, so the numbers are one moment's: read apart, an ack landing
+        # between XLEN and XPENDING showed its message as still queued.
+        length, in_flight, stats_flat, by_webhook_flat, dead = await self._redis.eval(
+            _COUNTS, [k.stream, k.counts, k.by_webhook, k.dead], [GROUP]
+        )
+        length, in_flight, dead = int(length), int(in_flight), int(dead)
+        stats = _fields(stats_flat or [])
+        by_webhook = _fields(by_webhook_flat or [])
         return ChannelCounts(
             queued=max(0, length - in_flight),
             in_flight=in_flight,

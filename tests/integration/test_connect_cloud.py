@@ -48,7 +48,7 @@ class Cloud:
         self.prefix = prefix
         self.processes: list[CwmProcess] = []
 
-    def start(self, webhooks: dict[str, Any], name: str = "a", **env: str) -> CwmProcess:
+    def start(self, webhooks: dict[str, Any], name: str = "a", args: tuple[str, ...] = (), **env: str) -> CwmProcess:
         directory = self.tmp_path / name
         directory.mkdir(exist_ok=True)
         environ = {
@@ -59,7 +59,7 @@ class Cloud:
             "WEBHOOK_CONNECT_INSTANCE_ID": f"test-{name}",
         }
         environ.update(env)
-        process = start_cwm(directory, webhooks, env=environ)
+        process = start_cwm(directory, webhooks, env=environ, args=args)
         process.wait_for(r"configuration loaded")
         self.processes.append(process)
         return process
