@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from twisted.internet.defer import CancelledError, Deferred, DeferredList, succeed
+from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.python.failure import Failure
 
@@ -74,6 +75,7 @@ class Dispatcher:
         self._ended: OrderedDict[str, tuple[Outcome, float]] = OrderedDict()
         self._reports: set[Deferred[None]] = set()
         self._slot_waiters: list[Deferred[None]] = []
+        self._returning: list[tuple[Message, Settle]] = []
         self.stopping = False
 
     @property
@@ -103,10 +105,12 @@ class Dispatcher:
     def received(self, message: Message, settle: Settle) -> None:
         """A message arrived; ``settle`` reports its outcome on the stream it came on."""
         self.counters.received += 1
-        if self.stopping:
-            self._report(message, requeue(STOPPING), settle)
-            return
         job = self._jobs.get(message.message_id)
+        if job is None and self.stopping:
+            # Given back when the drain ends, just before the stream closes: a nack
+            # now would requeue it to this same stream, again and again.
+            self._returning.append((message, settle))
+            return
         if job is not None:
             # Redelivered while waiting or running: one delivery; the newest
             # receipt reports (the older one is no longer held by the cloud).
@@ -164,7 +168,10 @@ class Dispatcher:
             outcome = result
         if outcome.ack or not outcome.retry:
             self._remember(job.message.message_id, outcome)
-        self._report(job.message, outcome, job.settle)
+        if self.stopping and not outcome.ack and outcome.retry:
+            self._returning.append((job.message, job.settle))  # see drain()
+        else:
+            self._report(job.message, outcome, job.settle)
         self._start_waiting()
         self._wake_slot_waiters()
 
@@ -194,6 +201,9 @@ class Dispatcher:
         d.addBoth(lambda _: self._reports.discard(d))
 
     def _report_failed(self, failure: Failure, message: Message, outcome: Outcome) -> None:
+        if self.stopping and failure.check(ConnectionDone) and outcome.retry:
+            # Its WebSocket is closed: closing it gave the message back already.
+            return
         self.counters.report_failures += 1
         # The cloud still holds it: it comes back after its ack timeout, and is
         # then reported again from memory (ack, dead letter) or redelivered.
@@ -223,14 +233,16 @@ class Dispatcher:
         return found[0]
 
     def drain(self, timeout: float) -> Deferred[None]:
-        """Stop: waiting messages are nacked with retry now; running deliveries get
-        ``timeout`` seconds to finish, then are cancelled and nacked with retry.
-        Fires once every report has been sent (or has failed)."""
+        """Stop delivering: running deliveries get ``timeout`` seconds to finish, then
+        are cancelled. Fires once none runs and the outcomes of those that finished
+        are reported. What is left (waiting, cancelled, arrived meanwhile) is given
+        back by ``give_back()``, to call once the stream is closed: a nack on the
+        open stream would bring the message straight back to it."""
         self.stopping = True
-        waiting, self._waiting = list(self._waiting), deque()
-        for job in waiting:
+        for job in self._waiting:
             del self._jobs[job.message.message_id]
-            self._report(job.message, requeue(STOPPING), job.settle)
+            self._returning.append((job.message, job.settle))
+        self._waiting = deque()
         running = [job.running for job in self._jobs.values() if job.running is not None]
         waiters, self._slot_waiters = self._slot_waiters, []
         for waiter in waiters:
@@ -243,16 +255,24 @@ class Dispatcher:
                         job.running.cancel()
 
             timer = self._clock.callLater(timeout, cancel_the_rest)
-        done: Deferred[Any] = DeferredList(
-            [_quiet(d) for d in running], consumeErrors=True
-        )
+        done: Deferred[Any] = DeferredList([_quiet(d) for d in running], consumeErrors=True)
 
         def reported(_: object) -> Deferred[Any]:
             if timer is not None and timer.active():
                 timer.cancel()
-            return DeferredList([_quiet(d) for d in list(self._reports)], consumeErrors=True)
+            return self._all_reported()
 
         return done.addCallback(reported).addCallback(lambda _: None)
+
+    def give_back(self) -> Deferred[None]:
+        """Nack with retry what was not delivered (after ``drain``); fires once reported."""
+        returning, self._returning = self._returning, []
+        for message, settle in returning:
+            self._report(message, requeue(STOPPING), settle)
+        return self._all_reported().addCallback(lambda _: None)
+
+    def _all_reported(self) -> Deferred[Any]:
+        return DeferredList([_quiet(d) for d in list(self._reports)], consumeErrors=True)
 
 
 def _quiet(d: Deferred[Any]) -> Deferred[None]:

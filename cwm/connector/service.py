@@ -135,6 +135,7 @@ class ConnectorService(MultiService):
                           running=running, timeout=self.settings.drain_timeout)
         d = self.dispatcher.drain(self.settings.drain_timeout)
         d.addCallback(lambda _: self.link.stop())
+        d.addCallback(lambda _: self.dispatcher.give_back())
         d.addCallback(lambda _: MultiService.stopService(self))
         d.addCallback(lambda _: Deferred.fromCoroutine(self.delivery.close()))
 

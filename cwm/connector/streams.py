@@ -525,10 +525,12 @@ class CloudLink:
             await self._cancellable(self.dispatcher.slot_free())
             wanted = min(self.dispatcher.free_slots(), POLL_MAX_MESSAGES)
             url = f"{self._stream_url}/poll"
-            request = self._http.get(url, params={"timeout": str(POLL_TIMEOUT), "max_messages": str(wanted)},
+            # The first poll is short: it proves the channel and token within a second.
+            timeout = POLL_TIMEOUT if self.connected else 1
+            request = self._http.get(url, params={"timeout": str(timeout), "max_messages": str(wanted)},
                                      headers=self._headers())
             response = await self._cancellable(
-                request.addTimeout(POLL_TIMEOUT + self.settings.connection_timeout, self.clock))
+                request.addTimeout(timeout + self.settings.connection_timeout, self.clock))
             if response.code == 204:
                 await _bounded_text(response, self.clock, 5.0)
                 self._up(self.connection_id)

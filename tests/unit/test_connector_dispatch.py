@@ -164,28 +164,41 @@ def test_slot_free_fires_when_a_delivery_ends() -> None:
     assert waiter.called
 
 
-def test_drain_nacks_the_waiting_at_once_lets_running_finish_and_cancels_them_at_the_timeout() -> None:
+def test_drain_lets_running_finish_cancels_them_at_the_timeout_and_give_back_returns_the_rest() -> None:
     dispatcher, delivery, reports, clock = setup(limit=2)
     for n in range(4):
         dispatcher.received(message(n), reports.settle(f"msg_{n}"))
     drained = dispatcher.drain(10.0)
-    # The two waiting ones are given back at once, with retry.
-    assert [(r[0], r[2]) for r in reports.sent] == [("msg_2", requeue("connector stopping")),
-                                                     ("msg_3", requeue("connector stopping"))]
     # One running delivery finishes in time.
     delivery.finish("msg_0", DELIVERED)
-    # A message arriving while draining is given back, not delivered.
+    # A message arriving while draining is not delivered; nor reported yet (a nack
+    # now would bring it straight back on the same stream).
     dispatcher.received(message(9), reports.settle("msg_9"))
-    assert reports.sent[-1] == ("msg_9", "first", requeue("connector stopping"))
+    assert [(r[0], r[2]) for r in reports.sent] == [("msg_0", DELIVERED)]
     assert [m.message_id for m in delivery.started] == ["msg_0", "msg_1"]
     clock.advance(9.9)
     assert not drained.called
     clock.advance(0.1)
     assert delivery.cancelled == ["msg_1"]
     assert drained.called
-    assert reports.sent[-1] == ("msg_1", "first", requeue("connector stopping"))
+    # The stream is closed now: the rest is given back.
+    assert [(r[0], r[2]) for r in reports.sent] == [("msg_0", DELIVERED)]
+    assert dispatcher.give_back().called
+    stopping = requeue("connector stopping")
+    assert [(r[0], r[2]) for r in reports.sent] == [
+        ("msg_0", DELIVERED), ("msg_2", stopping), ("msg_3", stopping), ("msg_9", stopping), ("msg_1", stopping)]
     c = dispatcher.counters
-    assert (c.delivered, c.nacked) == (1, 4)
+    assert (c.received, c.delivered, c.nacked) == (5, 1, 4)
+
+
+def test_a_redelivery_of_a_running_message_while_draining_joins_it() -> None:
+    dispatcher, delivery, reports, _ = setup(limit=1)
+    dispatcher.received(message(1), reports.settle("msg_1", "first"))
+    drained = dispatcher.drain(10.0)
+    dispatcher.received(message(1), reports.settle("msg_1", "second"))
+    delivery.finish("msg_1", DELIVERED)
+    assert drained.called
+    assert reports.sent == [("msg_1", "second", DELIVERED)]
 
 
 def test_drain_with_nothing_running_fires_at_once() -> None:
