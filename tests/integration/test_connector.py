@@ -318,3 +318,26 @@ def test_an_explicit_option_wins_over_the_environment(procs: Processes) -> None:
     assert isinstance(connector, ConnectorProcess)
     connector.wait_connected()
     assert connector.count(r"over long_poll ") == 1
+
+
+def test_sse_resumes_with_last_event_id_and_acks_on_the_new_stream(procs: Processes) -> None:
+    # Silence after 1 s closes the stream while a delivery is held at the target.
+    cloud = procs.cloud.start({"cloud-webhook": hook(CHANNEL, TOKEN, heartbeat_interval_seconds=30)})
+    target = procs.target()
+    target.hold()
+    connector = procs.connector(connector_env(cloud, CHANNEL, TOKEN, "sse", CONNECTOR_HEARTBEAT_TIMEOUT="1",
+                                              CONNECTOR_TARGET_URL=f"{target.url}/x"))
+    connector.wait_connected()
+    send(cloud, "cloud-webhook", [1, 2])
+    target.wait_waiting(2)
+    connector.wait_count(r"no data from the cloud for 1s", 1)
+    # The new stream takes over both messages: they are not sent again, nor given back.
+    cloud.wait_for(r"resumed sse_\S+ after \S+: 2 in flight, 0 sent again")
+    connector.wait_connected(2)
+    target.release()
+    connector.wait_delivered(2)
+    stats = settled_stats(cloud, CHANNEL, 2)
+    assert (stats["messages_delivered"], stats["messages_queued"], stats["messages_in_flight"]) == (2, 0, 0)
+    assert len(target.seen) == 2
+    counters = connector.counters()
+    assert (counters["report_failures"], counters["duplicates"]) == (0, 0)
