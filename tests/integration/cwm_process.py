@@ -150,7 +150,7 @@ class CwmProcess(TwistdProcess):
              "--connections", str(connections), *args],
             env,
         )
-        match = self.wait_for(r"LimitedSite starting on (\d+)", START_TIMEOUT)
+        match = self.wait_for(r"LimitedSite (?:\(TLS\) )?starting on (\d+)", START_TIMEOUT)
         self.port = int(match.group(1))
 
 

@@ -341,3 +341,44 @@ def test_sse_resumes_with_last_event_id_and_acks_on_the_new_stream(procs: Proces
     assert len(target.seen) == 2
     counters = connector.counters()
     assert (counters["report_failures"], counters["duplicates"]) == (0, 0)
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_a_cloud_over_tls_with_a_private_ca(procs: Processes, tmp_path: Path, protocol: str) -> None:
+    from tests.integration.etcd_server import make_tls_files
+
+    tls = make_tls_files(tmp_path / "tls")
+    listen = f"ssl:0:interface=127.0.0.1:privateKey={tls.server_key}:certKey={tls.server_cert}"
+    cloud = procs.cloud.start(CLOUD_HOOKS, args=("--listen", listen))
+    local = procs.local()
+    env = connector_env(cloud, CHANNEL, TOKEN, protocol, CONNECTOR_TARGET_URL=f"{local.url}/webhook/local-receiver",
+                        CONNECTOR_CLOUD_URL=f"https://127.0.0.1:{cloud.port}")
+    # The system roots do not know this CA: refused, and said why.
+    untrusting = procs.connector(env, "untrusting")
+    untrusting.wait_count(r"disconnected from the cloud: .*(certificate|SSL|TLS)", 1)
+    assert untrusting.health() == 503
+    untrusting.stop()
+    trusting = procs.connector({**env, "CONNECTOR_CA_CERT_PATH": tls.ca_cert}, "trusting")
+    trusting.wait_connected()
+    send_tls = [1, 2, 3]
+    for n in send_tls:
+        status = _post_tls(cloud.port, tls.ca_cert, {"event": "test_event", "sequence": n})
+        assert status == 200
+    trusting.wait_delivered(3)
+    local.wait_accepted(3)
+    assert local.sequences() == [1, 2, 3]
+
+
+def _post_tls(port: int, ca_cert: str, document: object) -> int:
+    import http.client
+    import ssl
+
+    context = ssl.create_default_context(cafile=ca_cert)
+    conn = http.client.HTTPSConnection("127.0.0.1", port, context=context, timeout=10)
+    try:
+        conn.request("POST", "/webhook/cloud-webhook", json.dumps(document), {"Content-Type": "application/json"})
+        response = conn.getresponse()
+        response.read()
+        return response.status
+    finally:
+        conn.close()
