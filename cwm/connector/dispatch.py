@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections import OrderedDict, deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from twisted.internet.defer import CancelledError, Deferred, DeferredList, succeed
@@ -55,8 +55,6 @@ class _Job:
     message: Message
     settle: Settle
     running: Deferred[Outcome] | None = None
-    receipts: int = 1
-    extra: list[Settle] = field(default_factory=list)
 
 
 class Dispatcher:
@@ -115,9 +113,7 @@ class Dispatcher:
             # Redelivered while waiting or running: one delivery; the newest
             # receipt reports (the older one is no longer held by the cloud).
             self.counters.duplicates += 1
-            job.extra.append(job.settle)
             job.settle = settle
-            job.receipts += 1
             self._log.info(
                 "message {message_id} redelivered while its delivery is under way; not delivered twice",
                 message_id=message.message_id, webhook_id=message.webhook_id,
