@@ -264,7 +264,7 @@ class _WSSession(_Session):
 
     def closed(self, code: int | None, reason: str | None) -> None:
         self.open = False
-        refused = re.search(r"upgrade failed \((\d{3})", reason or "")
+        refused = re.search(r"upgrade failed [(\[](\d{3})", reason or "")  # autobahn: "... failed [401]: ..."
         if refused and not self.opened.called:
             # The handshake's answer: 401 bad token, 404 unknown channel, 503...
             self.opened.errback(StreamRefused(int(refused.group(1)), reason or ""))
