@@ -188,11 +188,11 @@ class _UnverifiedPolicy:
         )
 
     def creatorForNetloc(self, hostname: bytes, port: int) -> IOpenSSLClientConnectionCreator:
-        return _UnverifiedConnections(self._options, hostname)
+        return UnverifiedConnections(self._options, hostname)
 
 
 @implementer(IOpenSSLClientConnectionCreator)
-class _UnverifiedConnections:
+class UnverifiedConnections:
     """Client connections from ``CertificateOptions(verify=False)``, still sending SNI."""
 
     def __init__(self, options: CertificateOptions, hostname: bytes) -> None:

@@ -81,6 +81,13 @@ def bearer(value: str | None) -> str:
     return value[7:].strip() if value[:7].lower() == "bearer " else value
 
 
+def _window(request: IRequest, channel: Channel) -> int:
+    """Unacked messages a stream may hold: the channel's ``max_in_flight``, or less if the
+    connector asks (``?max_in_flight=``, e.g. its own concurrency, so nothing waits at
+    the connector while its ack timeout runs)."""
+    return min(channel.config.max_in_flight, bounded_arg(request, "max_in_flight", channel.config.max_in_flight, 1, 100_000))
+
+
 def _remote(request: IRequest) -> str:
     return getattr(request.getClientAddress(), "host", "unix")
 
@@ -204,7 +211,7 @@ class ConnectStreams:
         if (request_header(request, b"upgrade") or "").lower() != "websocket":
             raise HTTPError(426, "This is the WebSocket endpoint: upgrade to WebSocket", {"Upgrade": "websocket"})
         hub, found, token = await self._authorized(request, channel)
-        connection = await self._connect(hub, found, "websocket", request, token, found.config.max_in_flight)
+        connection = await self._connect(hub, found, "websocket", request, token, _window(request, found))
         from cwm.connect.ws import websocket_resource  # autobahn: imported by the first WebSocket
 
         return websocket_resource(hub, connection, self._clock, found.config.heartbeat_interval_seconds)
@@ -212,7 +219,7 @@ class ConnectStreams:
     @app.route("/stream/<channel>/sse", methods=["GET"])
     async def sse(self, request: IRequest, channel: str) -> bytes:
         hub, found, token = await self._authorized(request, channel)
-        connection = await self._connect(hub, found, "sse", request, token, found.config.max_in_flight)
+        connection = await self._connect(hub, found, "sse", request, token, _window(request, found))
         request.setHeader(b"Content-Type", b"text/event-stream")
         request.setHeader(b"Cache-Control", b"no-cache")
         request.setHeader(b"Connection", b"keep-alive")

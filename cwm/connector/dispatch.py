@@ -74,6 +74,7 @@ class Dispatcher:
         self._reports: set[Deferred[None]] = set()
         self._slot_waiters: list[Deferred[None]] = []
         self._returning: list[tuple[Message, Settle]] = []
+        self._starting = False
         self.stopping = False
 
     @property
@@ -104,11 +105,6 @@ class Dispatcher:
         """A message arrived; ``settle`` reports its outcome on the stream it came on."""
         self.counters.received += 1
         job = self._jobs.get(message.message_id)
-        if job is None and self.stopping:
-            # Given back when the drain ends, just before the stream closes: a nack
-            # now would requeue it to this same stream, again and again.
-            self._returning.append((message, settle))
-            return
         if job is not None:
             # Redelivered while waiting or running: one delivery; the newest
             # receipt reports (the older one is no longer held by the cloud).
@@ -128,6 +124,11 @@ class Dispatcher:
             )
             self._report(message, ended, settle)
             return
+        if self.stopping:
+            # Given back once the stream is closed (see drain): a nack now would
+            # requeue it to this same stream, again and again.
+            self._returning.append((message, settle))
+            return
         job = _Job(message, settle)
         self._jobs[message.message_id] = job
         self._waiting.append(job)
@@ -146,11 +147,19 @@ class Dispatcher:
         self._log.error("a message from the cloud was dropped: {reason}", reason=reason)
 
     def _start_waiting(self) -> None:
-        while self._waiting and self._running < self._limit and not self.stopping:
-            job = self._waiting.popleft()
-            self._running += 1
-            job.running = Deferred.fromCoroutine(self._delivery.deliver(job.message))
-            job.running.addBoth(self._finished, job)
+        # A delivery that ends at once (no target, say) calls back in here:
+        # the outer call does the starting, so the stack stays flat.
+        if self._starting:
+            return
+        self._starting = True
+        try:
+            while self._waiting and self._running < self._limit and not self.stopping:
+                job = self._waiting.popleft()
+                self._running += 1
+                job.running = Deferred.fromCoroutine(self._delivery.deliver(job.message))
+                job.running.addBoth(self._finished, job)
+        finally:
+            self._starting = False
 
     def _finished(self, result: Outcome | Failure, job: _Job) -> None:
         self._running -= 1

@@ -39,17 +39,17 @@ from twisted.internet.error import (
 from twisted.internet.error import TimeoutError as ConnectTimeoutError
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator, IReactorTime
 from twisted.internet.task import deferLater
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import Agent, HTTPConnectionPool, ResponseFailed, _HTTP11ClientFactory
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IBodyProducer, IPolicyForHTTPS
 from zope.interface import implementer
 
+from cwm.connector.logs import connector_logger
 from cwm.connector.message import DELIVERED, Message, Outcome, dead_letter, requeue
 from cwm.connector.settings import ConnectorSettings, Target
 from cwm.errors import ConfigError
-from cwm.modules.http_forward import _BodyDrain
+from cwm.modules.http_forward import BodyDrain
 from cwm.modules.ssrf import BytesProducer
 from cwm.request import HEADER_NAME
 
@@ -176,7 +176,7 @@ def _transport_reason(error: BaseException) -> str | None:
 class HttpDelivery:
     """Delivers each message to its webhook's target (or the default target) over HTTP."""
 
-    _log = Logger()
+    _log = connector_logger()
 
     def __init__(self, settings: ConnectorSettings, http: Any, clock: IReactorTime) -> None:
         """
@@ -267,7 +267,7 @@ class HttpDelivery:
         if response.length != 0:
             # Read and discard the body (up to a cap) so the connection can be reused.
             finished: Deferred[None] = Deferred(lambda _: drain.stop())
-            drain = _BodyDrain(finished)
+            drain = BodyDrain(finished)
             response.deliverBody(drain)
             try:
                 await finished
@@ -330,14 +330,14 @@ def tls_policy(settings: ConnectorSettings) -> ConnectorTLSPolicy:
     if settings.client_cert_path and settings.client_key_path:
         client = _client_certificate(settings.client_cert_path, settings.client_key_path)
     if not settings.verify_ssl:
-        from cwm.config.vault import _UnverifiedConnections
+        from cwm.config.vault import UnverifiedConnections
 
         ConnectorTLSPolicy._log.warn(
             "verify_ssl is off: TLS certificates of the cloud and of the targets are not checked,"
             " so a machine in the middle could read and change the webhooks"
         )
         options = ssl.CertificateOptions(verify=False, **client)
-        return ConnectorTLSPolicy(lambda host: _UnverifiedConnections(options, _ascii(host)))
+        return ConnectorTLSPolicy(lambda host: UnverifiedConnections(options, _ascii(host)))
     trust: Any = _trust_root(settings.ca_cert_path) if settings.ca_cert_path else ssl.platformTrust()
     return ConnectorTLSPolicy(
         lambda host: ssl.optionsForClientTLS(host, trustRoot=trust, extraCertificateOptions=dict(client))
@@ -348,7 +348,7 @@ def tls_policy(settings: ConnectorSettings) -> ConnectorTLSPolicy:
 class ConnectorTLSPolicy:
     """One TLS connection creator per host, made once and reused for every request to it."""
 
-    _log = Logger()
+    _log = connector_logger()
 
     def __init__(self, make: Callable[[str], IOpenSSLClientConnectionCreator]) -> None:
         self._make = make

@@ -38,7 +38,6 @@ from typing import IO, Any
 from twisted.application.service import MultiService
 from twisted.internet.defer import CancelledError
 from twisted.internet.interfaces import IReactorTime
-from twisted.logger import Logger
 from twisted.python.filepath import FilePath
 from twisted.web.client import HTTPConnectionPool
 
@@ -46,6 +45,7 @@ from cwm.body import parse_body
 from cwm.config.files import FileConfigSource, read_document
 from cwm.config.model import DEFAULT_NAMESPACE, namespace_problem
 from cwm.config.store import ConfigStore, Rejection, WebhookKey
+from cwm.connector.logs import connector_logger
 from cwm.connector.message import DELIVERED, Message, Outcome, dead_letter, requeue
 from cwm.connector.settings import ConnectorSettings
 from cwm.errors import ConfigError, HTTPError
@@ -62,7 +62,7 @@ CLIENT_IP = "connector"
 class ModuleDelivery:
     """Delivers each message to the module of the local webhook entry with its id."""
 
-    _log = Logger()
+    _log = connector_logger()
 
     def __init__(
         self,

@@ -31,7 +31,8 @@ class EventStreamParser:
 
     def __init__(self, max_event_bytes: int = MAX_EVENT_BYTES) -> None:
         self._max = max_event_bytes
-        self._pending = b""
+        self._buffer = bytearray()  # bytes not yet ending a line
+        self._scanned = 0  # how much of it is known to hold no line end
         self._skip_lf = False
         self._name = ""
         self._data: list[str] = []
@@ -41,37 +42,43 @@ class EventStreamParser:
     def feed(self, chunk: bytes) -> list[Event]:
         """Parse ``chunk``; the events it completes, in order.
 
+        Only the new bytes are searched for line ends, so an event arriving in
+        many small chunks costs time in proportion to its size.
+
         Raises:
             EventTooLarge: an event or a line is over the limit.
         """
         if self._skip_lf and chunk[:1] == b"\n":
             chunk = chunk[1:]
         self._skip_lf = False
-        data = self._pending + chunk
+        buffer = self._buffer
+        buffer += chunk
         events: list[Event] = []
         start = 0
+        search = self._scanned
         while True:
-            cr, lf = data.find(b"\r", start), data.find(b"\n", start)
-            ends = [i for i in (cr, lf) if i >= 0]
-            if not ends:
+            cr, lf = buffer.find(b"\r", search), buffer.find(b"\n", search)
+            end = lf if cr < 0 else cr if lf < 0 else min(cr, lf)
+            if end < 0:
                 break
-            end = min(ends)
-            line = data[start:end]
-            if data[end:end + 1] == b"\r":
-                if end + 1 == len(data):
+            line = bytes(buffer[start:end])
+            if buffer[end] == 13:  # CR
+                if end + 1 == len(buffer):
                     self._skip_lf = True  # the LF of a CRLF may come in the next chunk
                     start = end + 1
-                elif data[end + 1:end + 2] == b"\n":
+                elif buffer[end + 1] == 10:
                     start = end + 2
                 else:
                     start = end + 1
             else:
                 start = end + 1
+            search = start
             event = self._line(line)
             if event is not None:
                 events.append(event)
-        self._pending = data[start:]
-        if len(self._pending) + self._size > self._max:
+        del buffer[:start]
+        self._scanned = len(buffer)
+        if len(buffer) + self._size > self._max:
             raise EventTooLarge(f"an event of the stream is over {self._max} bytes")
         return events
 

@@ -18,7 +18,7 @@ import random
 import re
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, urlencode, urlsplit
 
 import treq
 from twisted.internet.defer import CancelledError, Deferred, fail, succeed
@@ -38,6 +38,7 @@ MAX_FRAME_BYTES = 64 * 1024 * 1024
 MAX_ERROR_BODY = 4096
 POLL_TIMEOUT = 30
 POLL_MAX_MESSAGES = 100
+REPORT_RETRY_PAUSES = (0.0, 0.5, 1.0)
 
 
 class StreamRefused(Exception):
@@ -96,6 +97,22 @@ async def _bounded_text(response: Any, clock: Any, seconds: float) -> str:
     except (ValueError, AttributeError):
         pass
     return text[:300]
+
+
+async def _read_capped(response: Any, cap: int, clock: Any, seconds: float) -> bytes:
+    """A response body, refused past ``cap`` bytes, within ``seconds``."""
+    chunks: list[bytes] = []
+    size = 0
+
+    def keep(data: bytes) -> None:
+        nonlocal size
+        size += len(data)
+        if size > cap:
+            raise ValueError(f"the cloud's answer is over {cap} bytes")
+        chunks.append(data)
+
+    await treq.collect(response, keep).addTimeout(seconds, clock)
+    return b"".join(chunks)
 
 
 class _Session:
@@ -245,7 +262,10 @@ class _WSSession(_Session):
     def send(self, frame: dict[str, Any]) -> bool:
         if not self.open or self.protocol is None:
             return False
-        self.protocol.sendMessage(json.dumps(frame, separators=(",", ":")).encode())
+        try:
+            self.protocol.sendMessage(json.dumps(frame, separators=(",", ":")).encode())
+        except Exception:  # autobahn's Disconnected: the close has begun
+            return False
         return True
 
     def reporter(self, message_id: str) -> Settle:
@@ -271,9 +291,13 @@ class _WSSession(_Session):
         self.end(f"WebSocket closed ({code}{': ' + reason if reason else ''})")
 
     def close(self, reason: str) -> None:
-        if self.protocol is not None and self.open:
-            self.protocol.sendClose(1000, reason[:120])
-            self.protocol.transport.loseConnection()
+        if self.protocol is not None:
+            if self.open:
+                self.open = False  # from now on nothing more is sent on it
+                self.protocol.sendClose(1000, reason[:120])
+                self.protocol.transport.loseConnection()
+            elif self.protocol.transport is not None:
+                self.protocol.transport.abortConnection()  # still in the handshake
         self.end(reason)
 
 
@@ -315,11 +339,12 @@ class CloudLink:
         self._loop.addErrback(lambda f: self.log.failure("the cloud link stopped unexpectedly", f))
 
     def quiesce(self) -> None:
-        """Stop asking for more: long-polling stops (an open poll is cancelled, so the
-        cloud gives its messages back at once). A stream stays open to carry the
-        outcomes of the deliveries still running."""
+        """Stop asking for more: no new stream or poll. An open stream stays open to
+        carry the outcomes of the deliveries still running."""
         self._quiet = True
-        if self.settings.protocol == "long_poll" and self._pending is not None:
+        if self._pending is not None:
+            # A backoff wait, a connection attempt, or an open long-poll (whose
+            # messages the cloud then gives back at once). An open stream stays.
             self._pending.cancel()
 
     def stop(self) -> Deferred[None]:
@@ -348,7 +373,7 @@ class CloudLink:
 
     async def _run(self) -> None:
         first = True
-        while not self._stopping:
+        while not self._stopping and not self._quiet:
             if not first:
                 self.dispatcher.counters.reconnects += 1
             first = False
@@ -375,7 +400,7 @@ class CloudLink:
                 except CancelledError:
                     reason = "connector stopping"
             self._down(reason)
-            if self._stopping:
+            if self._stopping or self._quiet:
                 break
             wait = self._backoff.next_wait()
             self.log.info("reconnecting to the cloud in {wait:.1f}s", wait=wait, reason=reason)
@@ -413,6 +438,12 @@ class CloudLink:
         if not self._stopping:
             self.last_error = reason
 
+    def _window(self) -> dict[str, str]:
+        # As many unacked messages as run at once: none waits here while the
+        # cloud's ack timeout runs (the cloud takes the smaller of this and the
+        # channel's max_in_flight).
+        return {"max_in_flight": str(self.settings.max_concurrent_requests)}
+
     def _headers(self, extra: dict[str, str] | None = None) -> dict[str, str]:
         headers = {"Authorization": f"Bearer {self.settings.token}"}
         if self.settings.connector_id:
@@ -443,7 +474,8 @@ class CloudLink:
         extra = {"Accept": "text/event-stream", "Cache-Control": "no-cache"}
         if self.last_event_id:
             extra["Last-Event-ID"] = self.last_event_id
-        request = self._http.get(f"{self._stream_url}/sse", headers=self._headers(extra), unbuffered=True)
+        request = self._http.get(f"{self._stream_url}/sse", params=self._window(), headers=self._headers(extra),
+                                 unbuffered=True)
         response = await self._cancellable(request.addTimeout(self.settings.connection_timeout, self.clock))
         if response.code != 200:
             raise StreamRefused(response.code, await _bounded_text(response, self.clock, 5.0))
@@ -457,6 +489,9 @@ class CloudLink:
 
         class CloudSocket(WebSocketClientProtocol):
             def onOpen(self) -> None:
+                if session.ended.called:  # stopped or timed out during the handshake
+                    self.transport.abortConnection()  # type: ignore[union-attr]
+                    return
                 session.opened_by(self)
 
             def onMessage(self, payload: bytes, isBinary: bool) -> None:
@@ -469,7 +504,7 @@ class CloudLink:
         secure = parts.scheme == "https"
         host = parts.hostname or "localhost"
         port = parts.port or (443 if secure else 80)
-        url = ("wss" if secure else "ws") + self._stream_url[len(parts.scheme):]
+        url = ("wss" if secure else "ws") + self._stream_url[len(parts.scheme):] + "?" + urlencode(self._window())
         factory = WebSocketClientFactory(url, headers=self._headers(), reactor=self._reactor)
         factory.protocol = CloudSocket
         factory.noisy = False
@@ -484,23 +519,38 @@ class CloudLink:
         endpoint: Any = HostnameEndpoint(self._reactor, host, port, timeout=self.settings.connection_timeout)
         if secure and self._tls_creator is not None:
             endpoint = wrapClientTLS(self._tls_creator(host), endpoint)
-        await self._cancellable(endpoint.connect(factory))
+        session.protocol = await self._cancellable(endpoint.connect(factory))
         return session
 
     # -- reports -------------------------------------------------------------
 
-    async def _post_report(self, connection_id: str, message_id: str, outcome: Outcome) -> None:
+    async def _post_report(self, connection: Callable[[], str], message_id: str, outcome: Outcome,
+                           retry_not_found: bool) -> None:
+        """``POST /connect/ack``; a network error or 5xx is tried twice more (0.5 s, 1 s later),
+        and a 404 once more when the connection may have just been resumed by a new one."""
         params = {"message_id": message_id, "status": "ack" if outcome.ack else "nack"}
         if not outcome.ack:
             params["retry"] = "true" if outcome.retry else "false"
             if outcome.reason:
                 params["reason"] = outcome.reason[:200]
-        request = self._http.post(self._ack_url, params=params,
-                                  headers=self._headers({"X-Connection-ID": connection_id}))
-        response = await request.addTimeout(self.settings.ack_timeout, self.clock)
-        detail = await _bounded_text(response, self.clock, self.settings.ack_timeout)
-        if response.code != 200:
-            raise StreamRefused(response.code, detail)
+        for attempt, pause in enumerate(REPORT_RETRY_PAUSES):
+            if pause:
+                await deferLater(self.clock, pause, lambda: None)
+            last = attempt == len(REPORT_RETRY_PAUSES) - 1
+            try:
+                request = self._http.post(self._ack_url, params=params,
+                                          headers=self._headers({"X-Connection-ID": connection()}))
+                response = await request.addTimeout(self.settings.ack_timeout, self.clock)
+                detail = await _bounded_text(response, self.clock, self.settings.ack_timeout)
+            except Exception:
+                if last:
+                    raise
+                continue
+            if response.code == 200:
+                return
+            again = response.code >= 500 or (response.code == 404 and retry_not_found and attempt == 0)
+            if last or not again:
+                raise StreamRefused(response.code, detail)
 
     def reporter(self, fixed_connection: str | None) -> Callable[[str], Settle]:
         """For SSE (``None``: the current connection, which took over the earlier
@@ -508,8 +558,9 @@ class CloudLink:
 
         def for_message(message_id: str) -> Settle:
             def settle(outcome: Outcome) -> Deferred[None]:
-                connection = fixed_connection or self.connection_id
-                return Deferred.fromCoroutine(self._post_report(connection, message_id, outcome))
+                return Deferred.fromCoroutine(self._post_report(
+                    lambda: fixed_connection or self.connection_id, message_id, outcome,
+                    retry_not_found=fixed_connection is None))
 
             return settle
 
@@ -537,8 +588,9 @@ class CloudLink:
                 continue
             if response.code != 200:
                 raise StreamRefused(response.code, await _bounded_text(response, self.clock, 5.0))
-            body = await self._cancellable(
-                treq.json_content(response).addTimeout(self.settings.connection_timeout, self.clock))
+            # Read to the end even when quiesced: the cloud handed these over.
+            body = json.loads(await _read_capped(response, wanted * MAX_FRAME_BYTES, self.clock,
+                                                 self.settings.connection_timeout + wanted))
             connection_id = body.get("connection_id") if isinstance(body, dict) else None
             messages = body.get("messages") if isinstance(body, dict) else None
             if not isinstance(connection_id, str) or not isinstance(messages, list):

@@ -123,7 +123,7 @@ def _as_ip_literal(host: str) -> str | None:
     return None
 
 
-class _BodyDrain(Protocol):
+class BodyDrain(Protocol):
     """Reads a response body to its end and throws it away."""
 
     def __init__(self, finished: Deferred[None]) -> None:
@@ -287,7 +287,7 @@ class HTTPForwardModule:
         if response.length == 0:
             return
         finished: Deferred[None] = Deferred(lambda _: drain.stop())
-        drain = _BodyDrain(finished)
+        drain = BodyDrain(finished)
         response.deliverBody(drain)
         remaining = self._timeout - (self._clock.seconds() - started)
         finished.addTimeout(max(remaining, 1.0), self._clock)

@@ -233,8 +233,9 @@ def test_sigterm_nacks_what_does_not_finish_within_the_drain_timeout(procs: Proc
     connector.process.send_signal(signal.SIGTERM)
     assert connector.process.wait(20) == -signal.SIGTERM  # twistd ends with the signal, after a clean stop
     connector.wait_for(r"Server Shut Down")
-    # The held one, and the one waiting behind it in the connector (a long-poll never asked for it).
-    assert connector.count(r": requeued \(connector stopping\)$") == (1 if protocol == "long_poll" else 2)
+    # Only the held one: the connector asks for no more than it runs at once, so the
+    # second message never left the cloud.
+    assert connector.count(r": requeued \(connector stopping\)$") == 1
     stats = channel_stats(cloud, CHANNEL)
     assert (stats["messages_queued"], stats["messages_in_flight"]) == (2, 0)
     assert stats["messages_delivered"] == 0
@@ -382,3 +383,28 @@ def _post_tls(port: int, ca_cert: str, document: object) -> int:
         return response.status
     finally:
         conn.close()
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_the_connector_holds_no_more_than_it_runs_at_once(procs: Processes, protocol: str) -> None:
+    # The channel allows 100 in flight per connection; the connector runs 2 at once and asks for 2.
+    cloud = procs.cloud.start({"cloud-webhook": hook(CHANNEL, TOKEN, max_in_flight=100)})
+    target = procs.target()
+    target.hold()
+    connector = procs.connector(connector_env(cloud, CHANNEL, TOKEN, protocol, CONNECTOR_TARGET_URL=f"{target.url}/x",
+                                              CONNECTOR_MAX_CONCURRENT_REQUESTS="2"))
+    connector.wait_connected()
+    send(cloud, "cloud-webhook", range(1, 6))
+    target.wait_waiting(2)
+    stats = channel_stats(cloud, CHANNEL)
+    assert (stats["messages_in_flight"], stats["messages_queued"]) == (2, 3)
+    target.release()
+    connector.wait_delivered(5)
+    assert sorted(json.loads(s.body)["sequence"] for s in target.seen) == [1, 2, 3, 4, 5]
+
+
+def test_the_cloud_refuses_a_bad_max_in_flight(procs: Processes) -> None:
+    cloud = procs.cloud.start(CLOUD_HOOKS)
+    status, body, _ = cloud.request("GET", f"/connect/stream/{CHANNEL}/sse?max_in_flight=0",
+                                    headers={"Authorization": f"Bearer {TOKEN}"})
+    assert (status, body) == (422, {"detail": "max_in_flight: expected a whole number from 1 to 100000"})

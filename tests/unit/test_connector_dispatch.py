@@ -233,3 +233,52 @@ def test_undeliverable_and_malformed_messages() -> None:
     c = dispatcher.counters
     assert (c.received, c.dead_lettered, c.malformed) == (1, 1, 1)
     assert delivery.started == []
+
+
+def test_many_deliveries_that_end_at_once_do_not_nest() -> None:
+    clock = Clock()
+
+    class Instant:
+        async def deliver(self, message: Message) -> Outcome:
+            return dead_letter("no target")
+
+        def status(self) -> dict[str, Any]:
+            return {}
+
+        async def close(self) -> None:
+            pass
+
+    slow = ManualDelivery()
+
+    class Mixed:
+        async def deliver(self, message: Message) -> Outcome:
+            if message.message_id == "msg_0":
+                return await slow.deliver(message)
+            return await Instant().deliver(message)
+
+        def status(self) -> dict[str, Any]:
+            return {}
+
+        async def close(self) -> None:
+            pass
+
+    reports = Reports()
+    dispatcher = Dispatcher(Mixed(), clock, 1, Counters())
+    for n in range(3000):  # deeper than Python's recursion limit if each start nested
+        dispatcher.received(message(n), reports.settle(f"msg_{n}"))
+    slow.finish("msg_0", DELIVERED)
+    assert len(reports.sent) == 3000
+    assert (dispatcher.running, dispatcher.waiting) == (0, 0)
+    assert dispatcher.counters.dead_lettered == 2999
+
+
+def test_while_draining_a_redelivery_of_an_acked_message_is_acked_again_not_given_back() -> None:
+    dispatcher, delivery, reports, _ = setup()
+    dispatcher.received(message(1), reports.settle("msg_1"))
+    delivery.finish("msg_1", DELIVERED)
+    drained = dispatcher.drain(5.0)
+    dispatcher.received(message(1), reports.settle("msg_1", "again"))
+    assert reports.sent[-1] == ("msg_1", "again", DELIVERED)
+    assert drained.called
+    dispatcher.give_back()
+    assert len(reports.sent) == 2

@@ -51,6 +51,7 @@ class ScriptedHTTP:
         self.answers: list[Any] = []
         self.posts: list[tuple[str, dict[str, str], dict[str, str]]] = []
         self.pending: list[Deferred[Any]] = []
+        self.post_answers: list[Any] = []
 
     def get(self, url: str, headers: dict[str, str], **kwargs: Any) -> Deferred[Any]:
         self.gets.append((url, dict(headers)))
@@ -67,7 +68,12 @@ class ScriptedHTTP:
 
     def post(self, url: str, params: dict[str, str], headers: dict[str, str]) -> Deferred[Any]:
         self.posts.append((url, dict(params), dict(headers)))
-        return succeed(Response(200, b'{"status": "ok"}'))
+        answer = self.post_answers.pop(0) if self.post_answers else Response(200, b'{"status": "ok"}')
+        if isinstance(answer, Exception):
+            failed: Deferred[Any] = Deferred()
+            failed.errback(answer)
+            return failed
+        return succeed(answer)
 
 
 class Recorder:
@@ -200,3 +206,65 @@ def test_stop_cancels_the_wait_and_ends_the_loop() -> None:
     assert stopped.called
     clock.advance(100)
     assert len(http.gets) == 1
+
+
+def test_a_report_the_cloud_could_not_take_is_sent_again() -> None:
+    clock, http = Clock(), ScriptedHTTP()
+    stream = Response(200)
+    http.answers = [stream]
+    http.post_answers = [Response(503, b'{"detail": "Webhook Connect buffer unavailable"}'), ConnectionRefusedError(),
+                         Response(200, b"{}")]
+    cloud, _ = link(http, clock)
+    cloud.start()
+    stream.event("connected", {"connection_id": "sse_1"})
+    stream.event("webhook", {"message_id": "m1", "webhook_id": "w", "payload": None}, "1-0")
+    assert len(http.posts) == 1
+    clock.advance(0.5)
+    assert len(http.posts) == 2
+    clock.advance(1.0)
+    assert len(http.posts) == 3
+    assert cloud.dispatcher.counters.report_failures == 0
+    cloud.stop()
+
+
+def test_after_a_resume_a_404_is_tried_again_with_the_new_connection_id() -> None:
+    clock, http = Clock(), ScriptedHTTP()
+    stream = Response(200)
+    http.answers = [stream]
+    http.post_answers = [Response(404, b'{"detail": "Connection not found"}')]
+    cloud, _ = link(http, clock)
+    cloud.start()
+    stream.event("connected", {"connection_id": "sse_1"})
+    stream.event("webhook", {"message_id": "m1", "webhook_id": "w", "payload": None}, "1-0")
+    cloud.connection_id = "sse_2"  # the new stream took over
+    clock.advance(0.5)
+    assert [p[2]["X-Connection-ID"] for p in http.posts] == ["sse_1", "sse_2"]
+    assert cloud.dispatcher.counters.report_failures == 0
+    cloud.stop()
+
+
+def test_quiesce_during_a_backoff_wait_stops_reconnecting() -> None:
+    clock, http = Clock(), ScriptedHTTP()
+    http.answers = [ConnectionRefusedError(), Response(200)]
+    cloud, _ = link(http, clock)
+    cloud.start()
+    cloud.quiesce()  # SIGTERM while waiting to reconnect
+    clock.advance(10)
+    assert len(http.gets) == 1
+    assert cloud.stop().called
+
+
+def test_quiesce_keeps_an_open_stream_for_the_outcomes() -> None:
+    clock, http = Clock(), ScriptedHTTP()
+    stream = Response(200)
+    http.answers = [stream]
+    cloud, _ = link(http, clock)
+    cloud.start()
+    stream.event("connected", {"connection_id": "sse_1"})
+    cloud.quiesce()
+    assert cloud.connected
+    assert stream.transport.producerState != "stopped"
+    stopped = cloud.stop()
+    assert stream.transport.producerState == "stopped"
+    stream.end()
+    assert stopped.called
