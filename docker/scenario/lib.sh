@@ -296,3 +296,51 @@ etcdctl() {
         ETCDCTL_API=3 "$(etcd_binary etcdctl)" --endpoints "$ETCD_ENDPOINT" "$@"
     fi
 }
+
+# ---- helpers for scenarios 01, 05, 06 ---------------------------------------
+
+# expect_within SECONDS WHAT EXPECTED COMMAND...: run COMMAND (one that prints a
+# value, like status_of) every 0.1 s until it prints EXPECTED, at most SECONDS:
+# for live changes, which land within milliseconds but not instantly.
+expect_within() {
+    local seconds="$1" what="$2" expected="$3" actual deadline
+    shift 3
+    deadline=$((SECONDS + seconds))
+    while :; do
+        actual="$("$@" 2>/dev/null || true)"
+        if [ "$actual" = "$expected" ]; then
+            pass "$what ($actual)"
+            return 0
+        fi
+        if [ "$SECONDS" -ge "$deadline" ]; then
+            fail "$what: expected $expected within ${seconds}s, got $actual"
+            return 0
+        fi
+        sleep 0.1
+    done
+}
+
+# compose ARGS...: docker compose in the scenario's folder.
+compose() {
+    (cd "$SCENARIO_DIR" && docker compose "$@")
+}
+
+# service_output NAME: what a service has printed (docker logs, or its local log file).
+service_output() {
+    if [ "$MODE" = docker ]; then
+        compose logs --no-color "$1" 2>&1
+    else
+        cat "$WORK_DIR/logs/$1.log" 2>/dev/null || true
+    fi
+}
+
+# start_vault_standin NAME PORT SEED_FILE: the project's Vault stand-in
+# (tests/vault_standin.py, run from the repo root), for local mode only.
+start_vault_standin() {
+    local name="$1" port="$2" seed="$3" deadline=$((SECONDS + 30))
+    start_process "$name" "$REPO_DIR" -- "$PYTHON" -m tests.vault_standin --port "$port" --seed "$seed"
+    until grep -q '^PORT ' "$WORK_DIR/logs/$name.log" 2>/dev/null; do
+        [ "$SECONDS" -lt "$deadline" ] || { log "the Vault stand-in did not start"; return 1; }
+        sleep 0.1
+    done
+}
