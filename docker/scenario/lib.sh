@@ -344,3 +344,15 @@ start_vault_standin() {
         sleep 0.1
     done
 }
+
+# wait_until SECONDS COMMAND...: re-run COMMAND every 0.2 s until it succeeds; 1 after SECONDS.
+wait_until() {
+    local deadline=$((SECONDS + $1))
+    shift
+    until "$@"; do
+        if [ "$SECONDS" -ge "$deadline" ]; then
+            return 1
+        fi
+        sleep 0.2
+    done
+}
