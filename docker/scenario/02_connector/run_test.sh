@@ -41,6 +41,8 @@ fresh() {  # every test starts from nothing
     if [ "$MODE" = docker ]; then
         (cd "$SCENARIO_DIR" && docker compose --profile '*' down -v >/dev/null 2>&1) || true
         rm -rf "$SCENARIO_DIR/logs"
+        # Made here, writable by the image's unprivileged user (Docker would create it for root).
+        mkdir -p "$SCENARIO_DIR/logs/local" && chmod 0777 "$SCENARIO_DIR/logs/local"
     else
         local name
         down connector local-processor cloud-receiver redis
