@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PROTOS := $(wildcard protos/cwm/etcd/etcdrpc/*.proto)
 
-.PHONY: run test install protos unit integration typecheck bench clean redis-server
+.PHONY: run test install protos unit integration typecheck bench clean redis-server docker-compose
 
 # The integration tests start a real redis-server (Debian's package) on a
 # random loopback port; installed here when missing, as root on CI.
@@ -15,6 +15,17 @@ ifeq ($(REDIS_SERVER),)
 	(apt-get install -y --no-install-recommends redis-server >/dev/null 2>&1 || \
 	 (apt-get update >/dev/null && apt-get install -y --no-install-recommends redis-server >/dev/null))
 	command -v redis-server
+endif
+
+# tests/integration/test_compose_files.py validates every docker/**/docker-compose.yaml
+# with `docker-compose config`, which needs no Docker engine: Debian's docker-compose
+# (1.29), installed here when missing.
+DOCKER_COMPOSE := $(shell command -v docker-compose 2>/dev/null)
+docker-compose:
+ifeq ($(DOCKER_COMPOSE),)
+	(apt-get install -y --no-install-recommends docker-compose >/dev/null 2>&1 || \
+	 (apt-get update >/dev/null && apt-get install -y --no-install-recommends docker-compose >/dev/null))
+	command -v docker-compose
 endif
 
 # The editable install's build_py already compiles protos/ in place; the explicit
@@ -38,14 +49,14 @@ run: $(STAMP)
 	$(BIN)/twistd --pidfile= -n cwm --listen tcp:8000 \
 		--webhooks examples/webhooks.json --connections examples/connections.json
 
-test: $(STAMP) redis-server
+test: $(STAMP) redis-server docker-compose
 	$(BIN)/python -m mypy cwm
 	$(BIN)/python -m pytest
 
 unit: $(STAMP)
 	$(BIN)/python -m pytest tests/unit
 
-integration: $(STAMP) redis-server
+integration: $(STAMP) redis-server docker-compose
 	$(BIN)/python -m pytest tests/integration
 
 typecheck: $(STAMP)

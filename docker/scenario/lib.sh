@@ -356,3 +356,47 @@ wait_until() {
         sleep 0.2
     done
 }
+
+# ---- helpers for docker/compose/* -------------------------------------------
+
+# start_redis_with NAME PORT [REDIS-SERVER ARGS...]: like start_redis, with extra
+# arguments (--requirepass, --appendonly yes); its data stays in $WORK_DIR/NAME,
+# so a down/up keeps what was persisted, as the container does.
+start_redis_with() {
+    local name="$1" port="$2" redis_server deadline=$((SECONDS + 20))
+    shift 2
+    redis_server="$(command -v redis-server)" || { log "redis-server is not installed (make redis-server)"; return 1; }
+    start_process "$name" "$WORK_DIR/$name" -- "$redis_server" --port "$port" --bind 127.0.0.1 "$@"
+    # A password-protected server answers NOAUTH: that is an answer too.
+    until redis-cli -p "$port" ping 2>&1 | grep -qE 'PONG|NOAUTH'; do
+        [ "$SECONDS" -lt "$deadline" ] || { log "redis did not start"; return 1; }
+        sleep 0.1
+    done
+}
+
+# redis_cli ARGS...: redis-cli against the compose service "redis" (docker mode) or
+# 127.0.0.1:$REDIS_PORT; a password goes in REDISCLI_AUTH, never on the command line.
+redis_cli() {
+    if [ "$MODE" = docker ]; then
+        local -a auth=()
+        [ -z "${REDISCLI_AUTH:-}" ] || auth=(-e "REDISCLI_AUTH=$REDISCLI_AUTH")
+        (cd "$SCENARIO_DIR" && docker compose exec -T "${auth[@]}" redis redis-cli "$@")
+    else
+        redis-cli -p "$REDIS_PORT" "$@"
+    fi
+}
+
+# copy_out SERVICE DIR DEST (docker mode): DEST becomes a copy of directory DIR of
+# SERVICE's container, e.g. save_to_disk files kept in a named volume.
+copy_out() {
+    rm -rf "$3"
+    mkdir -p "$(dirname "$3")"
+    (cd "$SCENARIO_DIR" && docker compose cp "$1:$2" "$3" >/dev/null 2>&1) || mkdir -p "$3"
+}
+
+# compose_fresh (docker mode): remove what an interrupted run left (containers,
+# volumes) and build the images from the working tree, so no stale cwm:local runs.
+compose_fresh() {
+    (cd "$SCENARIO_DIR" && docker compose --profile '*' down -v >/dev/null 2>&1) || true
+    (cd "$SCENARIO_DIR" && docker compose --profile '*' build)
+}
