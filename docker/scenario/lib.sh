@@ -37,6 +37,8 @@ scenario_init() {
             MODE=local
         fi
     fi
+    # Containers that write into bind-mounted folders run as the host user (see the compose files).
+    export HOST_UID="${HOST_UID:-$(id -u)}" HOST_GID="${HOST_GID:-$(id -g)}"
     WORK_DIR="$(mktemp -d "${TMPDIR:-/tmp}/cwm-scenario.XXXXXX")"
     mkdir -p "$WORK_DIR/logs" "$WORK_DIR/pids"
     trap scenario_cleanup EXIT
@@ -59,9 +61,9 @@ scenario_cleanup() {
     if [ "$MODE" = docker ]; then
         (cd "$SCENARIO_DIR" && docker compose --profile '*' down -v >/dev/null 2>&1) || true
     else
-        local name
-        for name in "${LOCAL_SERVICES[@]}"; do
-            local_stop "$name"
+        local i
+        for ((i = ${#LOCAL_SERVICES[@]} - 1; i >= 0; i--)); do  # the last started stops first
+            local_stop "${LOCAL_SERVICES[$i]}"
         done
     fi
     if [ "$status" -ne 0 ] && [ "$MODE" = local ]; then
@@ -339,7 +341,8 @@ service_output() {
 start_vault_standin() {
     local name="$1" port="$2" seed="$3" deadline=$((SECONDS + 30))
     start_process "$name" "$REPO_DIR" -- "$PYTHON" -m tests.vault_standin --port "$port" --seed "$seed"
-    until grep -q '^PORT ' "$WORK_DIR/logs/$name.log" 2>/dev/null; do
+    # Its port answering, not a line in the log: after a restart the old line is already there.
+    until (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; do
         [ "$SECONDS" -lt "$deadline" ] || { log "the Vault stand-in did not start"; return 1; }
         sleep 0.1
     done
