@@ -403,3 +403,14 @@ compose_fresh() {
     (cd "$SCENARIO_DIR" && docker compose --profile '*' down -v >/dev/null 2>&1) || true
     (cd "$SCENARIO_DIR" && docker compose --profile '*' build)
 }
+
+# saved_webhook_files: a directory on this machine holding what the `webhook` service's
+# save_to_disk wrote to logs/webhooks (copied out of the container in docker mode).
+saved_webhook_files() {
+    if [ "$MODE" = docker ]; then
+        copy_out webhook /app/logs/webhooks "$WORK_DIR/saved"
+        echo "$WORK_DIR/saved"
+    else
+        echo "$WORK_DIR/webhook/logs/webhooks"
+    fi
+}

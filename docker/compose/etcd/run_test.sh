@@ -28,14 +28,6 @@ else
     URL="http://127.0.0.1:$PORT"
 fi
 
-saved_dir() {  # a directory on this machine holding what test_save has written
-    if [ "$MODE" = docker ]; then
-        copy_out webhook /app/logs/webhooks "$WORK_DIR/saved"
-        echo "$WORK_DIR/saved"
-    else
-        echo "$WORK_DIR/webhook/logs/webhooks"
-    fi
-}
 BODY='{"test":"data","source":"etcd_integration_test"}'
 post() {  # post WEBHOOK_PATH TOKEN [JSON]: the status code
     post_json "$URL/webhook/$1" "${3:-$BODY}" -H "Authorization: Bearer $2"
@@ -57,9 +49,9 @@ log "== the seeded webhooks"
 expect "default/test_log with its token" 200 "$(post test_log "$TOKEN")"
 expect "default/test_log without a token" 401 "$(post_json "$URL/webhook/test_log" '{"test":"no_auth"}')"
 expect "default/test_save" 200 "$(post test_save "$TOKEN" '{"test":"save_data","sequence":1}')"
-expect "test_save wrote one file" 1 "$(count_json_files "$(saved_dir)")"
+expect "test_save wrote one file" 1 "$(count_json_files "$(saved_webhook_files)")"
 expect "the file is the JSON sent" '{"test": "save_data", "sequence": 1}' \
-    "$("$PYTHON" -c 'import json,pathlib,sys; print(json.dumps(json.loads(next(pathlib.Path(sys.argv[1]).glob("webhook_*.json")).read_text())))' "$(saved_dir)")"
+    "$("$PYTHON" -c 'import json,pathlib,sys; print(json.dumps(json.loads(next(pathlib.Path(sys.argv[1]).glob("webhook_*.json")).read_text())))' "$(saved_webhook_files)")"
 expect "staging/test_log_staging with its token" 200 "$(post staging/test_log_staging "$STAGING_TOKEN")"
 expect "staging/test_log_staging with the default namespace's token" 401 "$(post staging/test_log_staging "$TOKEN")"
 expect "test_log_staging is not in the default namespace" 404 "$(post test_log_staging "$STAGING_TOKEN")"

@@ -35,14 +35,6 @@ else
     URL="http://127.0.0.1:$PORT"
 fi
 
-saved_dir() {  # a directory on this machine holding what test_vault_save has written
-    if [ "$MODE" = docker ]; then
-        copy_out webhook /app/logs/webhooks "$WORK_DIR/saved"
-        echo "$WORK_DIR/saved"
-    else
-        echo "$WORK_DIR/webhook/logs/webhooks"
-    fi
-}
 post() {  # post WEBHOOK CURL_ARGS...: the status code
     local webhook="$1"
     shift
@@ -60,7 +52,7 @@ expect "test_vault_log with the token from Vault" 200 "$(bearer test_vault_log "
 expect "test_vault_log with a wrong token" 401 "$(bearer test_vault_log wrong_token)"
 expect "test_vault_log without a token" 401 "$(post test_vault_log)"
 expect "test_vault_save with the token from Vault" 200 "$(bearer test_vault_save "$TOKEN")"
-expect "test_vault_save wrote one file" 1 "$(count_json_files "$(saved_dir)")"
+expect "test_vault_save wrote one file" 1 "$(count_json_files "$(saved_webhook_files)")"
 expect "test_vault_fallback: a missing secret takes the inline default" 200 \
     "$(bearer test_vault_fallback fallback_token_999)"
 expect "test_vault_basic: user and password from Vault" 200 "$(post test_vault_basic -u admin:vault_admin_pass)"

@@ -26,15 +26,6 @@ else
     URL="http://127.0.0.1:$PORT"
 fi
 
-# saved_dir: a directory on this machine holding what save_webhook has written.
-saved_dir() {
-    if [ "$MODE" = docker ]; then
-        copy_out webhook /app/logs/webhooks "$WORK_DIR/saved"
-        echo "$WORK_DIR/saved"
-    else
-        echo "$WORK_DIR/webhook/logs/webhooks"
-    fi
-}
 
 up webhook
 
@@ -60,8 +51,8 @@ BODY='{"event":"saved","sequence":1,"nested":{"list":[1,2.5,null,true],"text":"h
 expect "save_webhook without a token" 401 "$(post_json "$URL/webhook/save_webhook" "$BODY")"
 expect "save_webhook with the token" 200 \
     "$(post_json "$URL/webhook/save_webhook" "$BODY" -H "Authorization: Bearer $TOKEN")"
-expect "files saved (the refused one wrote nothing)" 1 "$(count_json_files "$(saved_dir)")"
-saved="$(find "$(saved_dir)" -maxdepth 1 -name '*.json' | head -n 1)"
+expect "files saved (the refused one wrote nothing)" 1 "$(count_json_files "$(saved_webhook_files)")"
+saved="$(find "$(saved_webhook_files)" -maxdepth 1 -name '*.json' | head -n 1)"
 if [ -n "$saved" ] && "$PYTHON" - "$saved" "$BODY" <<'EOF'
 import json, sys
 with open(sys.argv[1], encoding="utf-8") as f:
