@@ -59,7 +59,7 @@ scenario_args() {
 scenario_cleanup() {
     local status=$?
     if [ "$MODE" = docker ]; then
-        (cd "$SCENARIO_DIR" && docker compose --profile '*' down -v >/dev/null 2>&1) || true
+        compose_all down -v >/dev/null 2>&1 || true
     else
         local i
         for ((i = ${#LOCAL_SERVICES[@]} - 1; i >= 0; i--)); do  # the last started stops first
@@ -96,7 +96,7 @@ up() {
     local name
     for name in "$@"; do
         if [ "$MODE" = docker ]; then
-            (cd "$SCENARIO_DIR" && docker compose --profile '*' up -d --wait "$name")
+            compose_all up -d --wait "$name"
         else
             "local_${name//-/_}"
         fi
@@ -108,7 +108,7 @@ down() {
     local name
     for name in "$@"; do
         if [ "$MODE" = docker ]; then
-            (cd "$SCENARIO_DIR" && docker compose --profile '*' stop "$name" >/dev/null)
+            compose_all stop "$name" >/dev/null
         else
             local_stop "$name"
         fi
@@ -400,8 +400,8 @@ copy_out() {
 # compose_fresh (docker mode): remove what an interrupted run left (containers,
 # volumes) and build the images from the working tree, so no stale cwm:local runs.
 compose_fresh() {
-    (cd "$SCENARIO_DIR" && docker compose --profile '*' down -v >/dev/null 2>&1) || true
-    (cd "$SCENARIO_DIR" && docker compose --profile '*' build)
+    compose_all down -v >/dev/null 2>&1 || true
+    compose_all build
 }
 
 # saved_webhook_files: a directory on this machine holding what the `webhook` service's

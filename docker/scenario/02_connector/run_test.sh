@@ -39,7 +39,7 @@ export CLOUD_URL
 
 fresh() {  # every test starts from nothing
     if [ "$MODE" = docker ]; then
-        (cd "$SCENARIO_DIR" && docker compose --profile '*' down -v >/dev/null 2>&1) || true
+        compose_all down -v >/dev/null 2>&1 || true
         rm -rf "$SCENARIO_DIR/logs"
         # Made here, writable by the image's unprivileged user (Docker would create it for root).
         mkdir -p "$SCENARIO_DIR/logs/local" && chmod 0777 "$SCENARIO_DIR/logs/local"

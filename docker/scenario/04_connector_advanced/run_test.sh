@@ -94,7 +94,7 @@ export CLOUD_URL
 fresh() {  # upstream's cleanup: everything down, queues gone, delivered files wiped
     unset ALPHA_TOKEN
     if [ "$MODE" = docker ]; then
-        (cd "$SCENARIO_DIR" && docker compose --profile '*' down -v >/dev/null 2>&1) || true
+        compose_all down -v >/dev/null 2>&1 || true
         # What the containers wrote belongs to their user: if this one may not delete it,
         # a container of the same image does.
         if [ -d "$DATA_DIR" ] && ! rm -rf "$DATA_DIR" 2>/dev/null; then
