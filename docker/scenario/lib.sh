@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Shared by every docker/scenario/*/run_test.sh: the same steps run against
 # `docker compose` (when an engine answers) or against local processes on free
 # loopback ports (with --local, or when there is no engine).

@@ -44,7 +44,6 @@ fresh() {  # every test starts from nothing
         # Made here, writable by the image's unprivileged user (Docker would create it for root).
         mkdir -p "$SCENARIO_DIR/logs/local" && chmod 0777 "$SCENARIO_DIR/logs/local"
     else
-        local name
         down connector local-processor cloud-receiver redis
         rm -rf "$WORK_DIR/local/logs"
     fi
