@@ -328,6 +328,17 @@ compose() {
     (cd "$SCENARIO_DIR" && docker compose "$@")
 }
 
+# compose_all ARGS...: compose with every profile of the file enabled by name
+# (listed by `docker compose config --profiles`).
+compose_all() {
+    local -a flags=()
+    local profile
+    while IFS= read -r profile; do
+        [ -n "$profile" ] && flags+=(--profile "$profile")
+    done < <(compose config --profiles 2>/dev/null)
+    compose ${flags[@]+"${flags[@]}"} "$@"
+}
+
 # service_output NAME: what a service has printed (docker logs, or its local log file).
 service_output() {
     if [ "$MODE" = docker ]; then
