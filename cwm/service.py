@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import signal
 import sys
-from dataclasses import replace
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -214,14 +213,13 @@ def build_receiver(
     install_reload_signal: Callable[[Callable[[], None]], Callable[[], None]] | None = None,
 ) -> tuple[MultiService, WebhookReceiver, LimitedSite]:
     """Wire the receiver from its settings; returns the tree and its web parts."""
-    context, pools = module_context(reactor, stdout, settings.working_dir)
     top = MultiService()
     # Started in this order, stopped in reverse: the listener stops first,
     # then the configuration source, then every module closes, then Webhook
     # Connect's streams and Redis, then Vault.
     secrets = _secrets(settings, reactor, top)
     hub = _connect_hub(settings, reactor, top)
-    context = replace(context, connect=hub)
+    context, pools = module_context(reactor, stdout, settings.working_dir, connect=hub)
     store = ConfigStore(context, environ, secrets=secrets)
     ModulesService(store, pools).setServiceParent(top)
     if settings.etcd is not None:

@@ -141,7 +141,6 @@ class _Poll:
     """Collects what one long-poll is handed, until the first batch or the timeout."""
 
     def __init__(self, clock: IReactorTime, timeout: float) -> None:
-        self._clock = clock
         self.messages: list[Buffered] = []
         self.done: Deferred[list[Buffered]] = Deferred()
         self._timer: IDelayedCall | None = clock.callLater(timeout, self._finish)
@@ -298,7 +297,7 @@ class ConnectStreams:
 
     @app.route("/status/<channel>", methods=["GET"])
     async def status(self, request: IRequest, channel: str) -> bytes:
-        hub = self._hub()
+        self._hub()  # 503 when Webhook Connect is off, before any 401
         if not bearer(request_header(request, b"authorization")):
             raise HTTPError(401, "Missing authorization header")
         hub, found, _ = await self._authorized(request, channel)

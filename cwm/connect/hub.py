@@ -45,6 +45,7 @@ import txredisapi
 from cwm.connect.buffer import Buffered, ChannelCounts, StreamBuffer
 from cwm.connect.channels import ChannelConfig, TokenState, rotate, token_accepted
 from cwm.errors import HTTPError
+from cwm.modules.base import ModuleUnavailable
 from cwm.etcd.backoff import Backoff
 
 T = TypeVar("T")
@@ -74,15 +75,16 @@ Owner = tuple[str, str]
 Sink = Callable[[list[Buffered]], None]
 
 
-class ConnectUnavailable(HTTPError):
-    """Redis did not answer in time, or is not connected: a 503 with Retry-After.
+class ConnectUnavailable(ModuleUnavailable):
+    """Redis did not answer in time, or is not connected: a 503 with Retry-After
+    (to a connector, and to a webhook's sender through the ``webhook_connect`` module).
 
     Attributes:
         cause: What went wrong, for the log (the client gets the fixed detail).
     """
 
     def __init__(self, cause: str) -> None:
-        super().__init__(503, "Webhook Connect buffer unavailable", {"Retry-After": str(UNAVAILABLE_RETRY_AFTER)})
+        super().__init__("Webhook Connect buffer unavailable", UNAVAILABLE_RETRY_AFTER)
         self.cause = cause
 
 

@@ -13,12 +13,11 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from cwm.connect.channels import ChannelConfig, parse_channel_config
-from cwm.connect.hub import ConnectHub, ConnectUnavailable, iso
+from cwm.connect.hub import ConnectHub, iso
 from cwm.errors import ConfigError
 from cwm.modules.base import ModuleContext, ModuleRefused, ModuleUnavailable, WebhookEvent
 
 FULL_RETRY_AFTER = 10
-UNAVAILABLE_RETRY_AFTER = 5
 # Left out of the relayed headers unless the module-config says forward_credentials.
 CREDENTIAL_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie"})
 
@@ -72,12 +71,10 @@ class WebhookConnectModule:
                 f" (max: {config.max_message_size})",
             )
         message_id = "msg_" + uuid.uuid4().hex[:16]
-        try:
-            stored = await self._hub.publish(
-                config, event.webhook_id, message_id, envelope(event, config, message_id), event.received_at
-            )
-        except ConnectUnavailable:
-            raise ModuleUnavailable("Webhook Connect buffer unavailable", UNAVAILABLE_RETRY_AFTER) from None
+        # Redis unreachable raises ConnectUnavailable: a ModuleUnavailable (503, Retry-After 5).
+        stored = await self._hub.publish(
+            config, event.webhook_id, message_id, envelope(event, config, message_id), event.received_at
+        )
         if stored is None:
             raise ModuleUnavailable(
                 f"Channel '{config.name}' queue is full ({config.max_queue_size} messages)", FULL_RETRY_AFTER

@@ -46,12 +46,11 @@ class ModuleUnavailable(HTTPError):
     Attributes:
         reason: Client-safe reason (no secrets, no internal addresses of
             credentials).
-        retry_after: Seconds the sender should wait before retrying.
     """
 
     def __init__(self, reason: str, retry_after: int = 30) -> None:
+        """``retry_after``: seconds the sender should wait (the Retry-After header)."""
         super().__init__(503, reason, {"Retry-After": str(retry_after)})
-        self.retry_after = retry_after
 
 
 class ModuleRefused(HTTPError):

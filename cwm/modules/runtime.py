@@ -22,7 +22,9 @@ if TYPE_CHECKING:
 Pools = tuple[HTTPConnectionPool, HTTPConnectionPool]
 
 
-def module_context(reactor: Any, stdout: IO[str], working_dir: FilePath) -> tuple[ModuleContext, Pools]:
+def module_context(
+    reactor: Any, stdout: IO[str], working_dir: FilePath, connect: Any = None
+) -> tuple[ModuleContext, Pools]:
     """The context every module is built with, and the (guarded, unguarded) pools to close at stop."""
     pools = (HTTPConnectionPool(reactor, persistent=True), HTTPConnectionPool(reactor, persistent=True))
     guarded, unguarded = build_http_clients(reactor, pools)
@@ -32,6 +34,7 @@ def module_context(reactor: Any, stdout: IO[str], working_dir: FilePath) -> tupl
         http=guarded,
         http_unguarded=unguarded,
         working_dir=working_dir,
+        connect=connect,
     )
     return context, pools
 
