@@ -234,22 +234,9 @@ local_stop() {
     fi
 }
 
-local_kill9() {
-    local pidfile="$WORK_DIR/pids/$1.pid"
-    [ -f "$pidfile" ] && kill -KILL "$(cat "$pidfile")" 2>/dev/null || true
-    rm -f "$pidfile"
-}
-
-# start_redis NAME PORT
+# start_redis NAME PORT: a Redis that persists nothing.
 start_redis() {
-    local redis_server
-    redis_server="$(command -v redis-server)" || { log "redis-server is not installed (make redis-server)"; return 1; }
-    start_process "$1" "$WORK_DIR/$1" -- "$redis_server" --port "$2" --bind 127.0.0.1 --save '' --appendonly no
-    local deadline=$((SECONDS + 20))
-    until redis-cli -p "$2" ping >/dev/null 2>&1; do
-        [ "$SECONDS" -lt "$deadline" ] || { log "redis did not start"; return 1; }
-        sleep 0.1
-    done
+    start_redis_with "$1" "$2" --save '' --appendonly no
 }
 
 # start_etcd NAME CLIENT_PORT
@@ -294,7 +281,7 @@ start_connector() {
 # etcdctl ARGS...: the seeds use etcdctl; docker mode runs it in the etcd container.
 etcdctl() {
     if [ "$MODE" = docker ]; then
-        (cd "$SCENARIO_DIR" && docker compose exec -T etcd etcdctl "$@")
+        compose exec -T etcd etcdctl "$@"
     else
         ETCDCTL_API=3 "$(etcd_binary etcdctl)" --endpoints "$ETCD_ENDPOINT" "$@"
     fi
@@ -374,8 +361,8 @@ wait_until() {
 
 # ---- helpers for docker/compose/* -------------------------------------------
 
-# start_redis_with NAME PORT [REDIS-SERVER ARGS...]: like start_redis, with extra
-# arguments (--requirepass, --appendonly yes); its data stays in $WORK_DIR/NAME,
+# start_redis_with NAME PORT [REDIS-SERVER ARGS...]: redis-server on 127.0.0.1:PORT with
+# ARGS (--requirepass, --appendonly yes); its data stays in $WORK_DIR/NAME,
 # so a down/up keeps what was persisted, as the container does.
 start_redis_with() {
     local name="$1" port="$2" redis_server deadline=$((SECONDS + 20))
@@ -395,7 +382,7 @@ redis_cli() {
     if [ "$MODE" = docker ]; then
         local -a auth=()
         [ -z "${REDISCLI_AUTH:-}" ] || auth=(-e "REDISCLI_AUTH=$REDISCLI_AUTH")
-        (cd "$SCENARIO_DIR" && docker compose exec -T "${auth[@]}" redis redis-cli "$@")
+        compose exec -T "${auth[@]}" redis redis-cli "$@"
     else
         redis-cli -p "$REDIS_PORT" "$@"
     fi
@@ -406,7 +393,22 @@ redis_cli() {
 copy_out() {
     rm -rf "$3"
     mkdir -p "$(dirname "$3")"
-    (cd "$SCENARIO_DIR" && docker compose cp "$1:$2" "$3" >/dev/null 2>&1) || mkdir -p "$3"
+    compose cp "$1:$2" "$3" >/dev/null 2>&1 || mkdir -p "$3"
+}
+
+# compose_init "$@": scenario_init, then the one argument a docker/compose/*/run_test.sh
+# takes ([all]); in docker mode a fresh build and URL=http://localhost:8000. The script
+# sets its ports and URL for local mode itself.
+compose_init() {
+    scenario_init "$@"
+    case "$(scenario_args "$@" | head -n 1)" in
+        ''|all) ;;
+        *) echo "usage: $0 [all] [--local|--docker]"; exit 2 ;;
+    esac
+    if [ "$MODE" = docker ]; then
+        compose_fresh
+        URL=http://localhost:8000
+    fi
 }
 
 # compose_fresh (docker mode): remove what an interrupted run left (containers,

@@ -14,15 +14,8 @@ local_webhook() {
         CONFIG_BACKEND=etcd ETCD_HOST=127.0.0.1 ETCD_PORT="$ETCD_PORT" ETCD_PREFIX=/cwm/ ETCD_NAMESPACE=default
 }
 
-scenario_init "$@"
-case "$(scenario_args "$@" | head -n 1)" in
-    ''|all) ;;
-    *) echo "usage: $0 [all] [--local|--docker]"; exit 2 ;;
-esac
-if [ "$MODE" = docker ]; then
-    compose_fresh
-    URL=http://localhost:8000
-else
+compose_init "$@"
+if [ "$MODE" = local ]; then
     ETCD_PORT="$(free_port)" PORT="$(free_port)"
     ETCD_ENDPOINT="http://127.0.0.1:$ETCD_PORT"
     URL="http://127.0.0.1:$PORT"

@@ -25,15 +25,8 @@ local_connector() {
         CONNECTOR_TARGET_URL="http://127.0.0.1:$LOCAL_PORT/webhook/local-receiver" CONNECTOR_PROTOCOL=websocket
 }
 
-scenario_init "$@"
-case "$(scenario_args "$@" | head -n 1)" in
-    ''|all) ;;
-    *) echo "usage: $0 [all] [--local|--docker]"; exit 2 ;;
-esac
-if [ "$MODE" = docker ]; then
-    compose_fresh
-    URL=http://localhost:8000
-else
+compose_init "$@"
+if [ "$MODE" = local ]; then
     REDIS_PORT="$(free_port)" PORT="$(free_port)" LOCAL_PORT="$(free_port)"
     URL="http://127.0.0.1:$PORT"
 fi

@@ -21,15 +21,8 @@ local_webhook() {
         VAULT_MOUNT_POINT=secret VAULT_CACHE_TTL_SECONDS=2 VAULT_CACHE_MAX_SIZE=1000
 }
 
-scenario_init "$@"
-case "$(scenario_args "$@" | head -n 1)" in
-    ''|all) ;;
-    *) echo "usage: $0 [all] [--local|--docker]"; exit 2 ;;
-esac
-if [ "$MODE" = docker ]; then
-    compose_fresh
-    URL=http://localhost:8000
-else
+compose_init "$@"
+if [ "$MODE" = local ]; then
     VAULT_PORT="$(free_port)" PORT="$(free_port)"
     VAULT_URL="http://127.0.0.1:$VAULT_PORT"
     URL="http://127.0.0.1:$PORT"

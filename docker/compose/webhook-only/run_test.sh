@@ -13,15 +13,8 @@ local_webhook() {
         WEBHOOK_TOKEN="$TOKEN"
 }
 
-scenario_init "$@"
-case "$(scenario_args "$@" | head -n 1)" in
-    ''|all) ;;
-    *) echo "usage: $0 [all] [--local|--docker]"; exit 2 ;;
-esac
-if [ "$MODE" = docker ]; then
-    compose_fresh
-    URL=http://localhost:8000
-else
+compose_init "$@"
+if [ "$MODE" = local ]; then
     PORT="$(free_port)"
     URL="http://127.0.0.1:$PORT"
 fi

@@ -3,21 +3,14 @@
 # Wait until DIR holds EXPECTED JSON files (save_to_disk writes one per webhook), then check
 # that their sequence numbers are exactly FIRST..FIRST+EXPECTED-1, each once, and (with
 # ENDPOINT) that every one was posted to that cloud endpoint.
-set -euo pipefail
 SCENARIO_DIR="$(cd "$(dirname "$0")" && pwd)"
+source "$SCENARIO_DIR/../lib.sh"  # set -euo pipefail, PYTHON, wait_files, count_json_files
 expected="$1" dir="$2" max_wait="${3:-60}" first="${4:-1}" endpoint="${5:-}"
-python="${CWM_VENV:-$SCENARIO_DIR/../../../.venv}/bin/python"
-[ -x "$python" ] || python=python3
-deadline=$((SECONDS + max_wait))
-count() { if [ -d "$dir" ]; then find "$dir" -maxdepth 1 -name '*.json' | wc -l | tr -d ' '; else echo 0; fi; }
-until [ "$(count)" -ge "$expected" ]; do
-    if [ "$SECONDS" -ge "$deadline" ]; then
-        echo "only $(count) of $expected webhooks arrived in $dir within ${max_wait}s"
-        exit 1
-    fi
-    sleep 0.2
-done
-"$python" - "$dir" "$expected" "$first" "$endpoint" <<'PY'
+if ! wait_files "$dir" "$expected" "$max_wait"; then
+    echo "only $(count_json_files "$dir") of $expected webhooks arrived in $dir within ${max_wait}s"
+    exit 1
+fi
+"$PYTHON" - "$dir" "$expected" "$first" "$endpoint" <<'PY'
 import json, pathlib, sys
 folder, expected, first, endpoint = pathlib.Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 saved = [json.loads(p.read_text()) for p in folder.glob("*.json")]
