@@ -281,9 +281,6 @@ class HttpDelivery:
         """How many targets there are; never their URLs or headers."""
         return {"mode": "http", "targets": len(self._targets), "default_target": self._default is not None}
 
-    async def close(self) -> None:
-        """Nothing to release: the connection pool belongs to whoever built the client."""
-
 
 # --------------------------------------------------------------------------
 # The HTTP client and its TLS policy

@@ -157,11 +157,8 @@ class ModuleDelivery:
         }
 
     async def close(self) -> None:
-        """Close every module instance, then the HTTP pools.
-
-        The services ``module_delivery`` and ``etcd_delivery`` register do the
-        same when their parent stops; doing it twice is harmless.
-        """
+        """Close every module instance, then the HTTP pools: for a delivery used
+        without a service parent (in a service tree, the parent's stop does it)."""
         await close_modules(self._store, self._pools)
 
 

@@ -146,6 +146,3 @@ class Delivery(Protocol):
 
     def status(self) -> dict[str, Any]:
         """What the status endpoint shows of this delivery mode (no secrets)."""
-
-    async def close(self) -> None:
-        """Release connections and files; called once, at stop."""

@@ -14,7 +14,7 @@ from typing import Any, NoReturn
 from klein import Klein
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
-from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.task import LoopingCall
 from twisted.python import usage
@@ -28,6 +28,7 @@ from cwm.connector.message import Delivery
 from cwm.connector.settings import ConnectorSettings, parse_connector_settings, read_config_file
 from cwm.connector.streams import CloudLink
 from cwm.errors import ConfigError
+from cwm.modules.runtime import close_pools
 from cwm.web.errors import install_json_errors, json_answer
 
 COUNTERS_LOG_INTERVAL = 60.0
@@ -136,13 +137,9 @@ class ConnectorService(MultiService):
         d = self.dispatcher.drain(self.settings.drain_timeout)
         d.addCallback(lambda _: self.link.stop())
         d.addCallback(lambda _: self.dispatcher.give_back())
+        # The children (configuration sources, then the modules' closing service) stop here.
         d.addCallback(lambda _: MultiService.stopService(self))
-        d.addCallback(lambda _: Deferred.fromCoroutine(self.delivery.close()))
-
-        def close_pools(_: object) -> Deferred[Any]:
-            return DeferredList([pool.closeCachedConnections() for pool in self._pools], consumeErrors=True)
-
-        d.addCallback(close_pools)
+        d.addCallback(lambda _: close_pools(self._pools))
         d.addBoth(self._stopped)
         return d
 

@@ -39,14 +39,15 @@ def module_context(
     return context, pools
 
 
+def close_pools(pools: tuple[HTTPConnectionPool, ...]) -> Deferred[None]:
+    """Close the pools' cached connections; fires when all are closed."""
+    closing = [pool.closeCachedConnections() for pool in pools]
+    return DeferredList(closing, consumeErrors=True).addCallback(lambda _: None)
+
+
 def close_modules(store: ConfigStore, pools: tuple[HTTPConnectionPool, ...]) -> Deferred[None]:
     """Close every module instance of ``store``, then the pools; fires when all are closed."""
-
-    def close_pools(_: object) -> Deferred[None]:
-        closing = [pool.closeCachedConnections() for pool in pools]
-        return DeferredList(closing, consumeErrors=True).addCallback(lambda _: None)
-
-    return store.close().addCallback(close_pools)
+    return store.close().addCallback(lambda _: close_pools(pools))
 
 
 class ModulesService(Service):

@@ -604,11 +604,6 @@ def test_status_counts_targets_and_shows_no_secrets() -> None:
     assert no_default.status()["default_target"] is False
 
 
-def test_close_does_nothing_and_returns() -> None:
-    delivery = HttpDelivery(connector_settings(target()), FakeTarget(), Clock())
-    _sync.successResultOf(Deferred.fromCoroutine(delivery.close()))
-
-
 # --------------------------------------------------------------------------
 # The HTTP client and TLS: real handshakes in memory, no sockets
 
