@@ -24,11 +24,9 @@ import builtins
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from http.cookiejar import DefaultCookiePolicy
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from treq.client import HTTPClient
-from treq.cookies import IndexableCookieJar
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.error import (
     ConnectError,
@@ -42,7 +40,7 @@ from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
 from twisted.web.client import Agent, HTTPConnectionPool, ResponseFailed, _HTTP11ClientFactory
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import IBodyProducer, IPolicyForHTTPS
+from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
 
 from cwm.connector.logs import connector_logger
@@ -50,7 +48,7 @@ from cwm.connector.message import DELIVERED, Message, Outcome, dead_letter, requ
 from cwm.connector.settings import ConnectorSettings, Target
 from cwm.errors import ConfigError
 from cwm.modules.http_forward import BodyDrain
-from cwm.modules.ssrf import BytesProducer
+from cwm.modules.ssrf import body_producer, cookieless_jar
 from cwm.request import HEADER_NAME
 
 if TYPE_CHECKING:
@@ -309,8 +307,7 @@ def http_client(
     pool._factory = _QuietHTTP11ClientFactory  # no "Starting factory" line per connection
     agent = Agent(reactor, contextFactory=policy or tls_policy(settings), connectTimeout=settings.connection_timeout, pool=pool)
     # Targets must not plant cookies that later messages would carry back.
-    jar = IndexableCookieJar(policy=DefaultCookiePolicy(allowed_domains=[]))
-    return HTTPClient(agent, cookiejar=jar, data_to_body_producer=_body_producer), pool
+    return HTTPClient(agent, cookiejar=cookieless_jar(), data_to_body_producer=body_producer), pool
 
 
 def tls_policy(settings: ConnectorSettings) -> ConnectorTLSPolicy:
@@ -413,11 +410,6 @@ def _client_certificate(cert_path: str, key_path: str) -> dict[str, Any]:
     if key.public_key().public_bytes(*spki) != leaf.public_key().public_bytes(*spki):
         raise ConfigError(f"invalid client_key_path: {key_path} is not the key of {cert_path}")
     return {"privateKey": key, "certificate": leaf, "extraCertChain": chain}
-
-
-def _body_producer(data: Any) -> IBodyProducer:
-    # Bytes are written at once, without the global cooperator treq would use.
-    return BytesProducer(data) if isinstance(data, bytes) else IBodyProducer(data)
 
 
 def _stoppable(work: Deferred[_T]) -> Deferred[_T]:

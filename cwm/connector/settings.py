@@ -11,12 +11,12 @@ A bad value stops start-up with one line that names where it came from.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+from cwm.config.files import read_document
 from cwm.errors import ConfigError
 from cwm.connect.channels import CHANNEL_NAME
 from cwm.request import HEADER_NAME
@@ -202,18 +202,9 @@ def read_config_file(path: str) -> dict[str, Any]:
     """The connector's JSON config file, as an object.
 
     Raises:
-        ConfigError: unreadable, not JSON, or not an object.
+        ConfigError: missing, unreadable, not JSON, or not an object.
     """
-    try:
-        with open(path, encoding="utf-8") as f:
-            document = json.load(f)
-    except OSError as e:
-        raise ConfigError(f"cannot read config file {path}: {e.strerror or e}") from None
-    except ValueError as e:
-        raise ConfigError(f"config file {path} is not valid JSON: {e}") from None
-    if not isinstance(document, dict):
-        raise ConfigError(f"config file {path}: expected a JSON object")
-    return document
+    return read_document(path, "config")[0]
 
 
 def parse_connector_settings(
@@ -233,12 +224,13 @@ def parse_connector_settings(
         ConfigError: one line naming the key, variable or option, and why.
     """
     document = dict(document or {})
-    known = {f.key for f in _fields(cwd)} | {"default_target", "targets", "reconnect_backoff_multiplier", "log_format"}
+    fields = _fields(cwd)
+    known = {f.key for f in fields} | {"default_target", "targets", "log_format"}
     unknown = sorted(k for k in document if k not in known and not k.startswith("_"))
     if unknown:
         raise ConfigError(f"invalid {document_name}: unknown key {unknown[0]!r}")
     values: dict[str, Any] = {}
-    for f in _fields(cwd):
+    for f in fields:
         raw: Any = None
         where = ""
         if f.option is not None and cli.get(f.option) is not None:

@@ -184,7 +184,7 @@ class _SSESession(_Session):
                 self.session.close(str(e))
                 return
             for event in events:
-                self.session.event(event.name, event.data)
+                self.session.event(event.name, event.data, event.id)
                 if self.session.ended.called:
                     return
 
@@ -198,7 +198,7 @@ class _SSESession(_Session):
         self.alive()
         response.deliverBody(self.body)
 
-    def event(self, name: str, data: str) -> None:
+    def event(self, name: str, data: str, event_id: str | None) -> None:
         try:
             parsed = json.loads(data)
         except ValueError:
@@ -212,8 +212,8 @@ class _SSESession(_Session):
                 if not self.opened.called:
                     self.opened.callback(None)
         elif name == "webhook":
-            if isinstance(parsed, dict) and isinstance(parsed.get("stream_id"), str):
-                self.client.last_event_id = parsed["stream_id"]
+            if event_id:  # the stream position, sent back as Last-Event-ID on a reconnect
+                self.client.last_event_id = event_id
             self.message(parsed, self.client.reporter(None))
         elif name == "error":
             error = parsed.get("error") if isinstance(parsed, dict) else parsed
@@ -570,9 +570,7 @@ class CloudLink:
 
     async def _poll_loop(self) -> str:
         """Poll until a poll fails; returns why."""
-        while not self._stopping:
-            if self._quiet:
-                await self._cancellable(Deferred())  # until stop() cancels it
+        while not self._stopping and not self._quiet:
             await self._cancellable(self.dispatcher.slot_free())
             wanted = min(self.dispatcher.free_slots(), POLL_MAX_MESSAGES)
             url = f"{self._stream_url}/poll"
@@ -599,7 +597,7 @@ class CloudLink:
             self._up(connection_id)
             for data in messages:
                 hand_over(self.dispatcher, data, self.reporter(connection_id))
-        return "stopping"
+        return "connector stopping"
 
 
 def _describe(e: Exception) -> str:

@@ -417,13 +417,14 @@ class BytesProducer:
         """Nothing to stop."""
 
 
-def _body_producer(data: Any) -> Any:
+def body_producer(data: Any) -> Any:
+    """Bytes written at once (no global cooperator), anything else as its IBodyProducer."""
     if isinstance(data, (bytes, bytearray)):
         return BytesProducer(bytes(data))
     return IBodyProducer(data)
 
 
-def _cookieless_jar() -> IndexableCookieJar:
+def cookieless_jar() -> IndexableCookieJar:
     # Destinations must not be able to plant cookies that later webhooks
     # (perhaps of another namespace) would send back.
     return IndexableCookieJar(policy=DefaultCookiePolicy(allowed_domains=[]))
@@ -459,12 +460,12 @@ def build_http_clients(
     return (
         HTTPClient(
             guarded_agent,
-            cookiejar=_cookieless_jar(),
-            data_to_body_producer=_body_producer,
+            cookiejar=cookieless_jar(),
+            data_to_body_producer=body_producer,
         ),
         HTTPClient(
             unguarded_agent,
-            cookiejar=_cookieless_jar(),
-            data_to_body_producer=_body_producer,
+            cookiejar=cookieless_jar(),
+            data_to_body_producer=body_producer,
         ),
     )
