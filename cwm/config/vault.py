@@ -144,11 +144,15 @@ def vault_tls_policy(verify: bool | str) -> IPolicyForHTTPS:
         return BrowserLikePolicyForHTTPS()
     if verify is False:
         return _UnverifiedPolicy()
-    return BrowserLikePolicyForHTTPS(trustRoot=trustRootFromCertificates(_load_ca_bundle(verify)))
+    return BrowserLikePolicyForHTTPS(trustRoot=trustRootFromCertificates(load_ca_bundle(verify, "VAULT_VERIFY")))
 
 
-def _load_ca_bundle(path: str) -> list[Certificate]:
-    """Every certificate in the PEM file at ``path``; it blocks, so for start-up only."""
+def load_ca_bundle(path: str, setting: str) -> list[Certificate]:
+    """Every certificate in the PEM file at ``path``; it blocks, so for start-up only.
+
+    Raises:
+        ConfigError: naming ``setting``: unreadable, malformed, or no certificate.
+    """
     from OpenSSL import crypto
     from twisted.internet.ssl import Certificate
 
@@ -156,19 +160,15 @@ def _load_ca_bundle(path: str) -> list[Certificate]:
         with open(path, "rb") as bundle:
             pem = bundle.read()
     except OSError as error:
-        raise ConfigError(
-            f"VAULT_VERIFY: cannot read the CA bundle {path}: {error.strerror or error}"
-        ) from None
+        raise ConfigError(f"invalid {setting}: cannot read {path}: {error.strerror or error}") from None
     certificates = []
     for block in _PEM_CERTIFICATE.findall(pem):
         try:
             certificates.append(Certificate.loadPEM(block))
         except (crypto.Error, ValueError):
-            raise ConfigError(
-                f"VAULT_VERIFY: the CA bundle {path} holds a malformed certificate"
-            ) from None
+            raise ConfigError(f"invalid {setting}: the CA bundle {path} holds a malformed certificate") from None
     if not certificates:
-        raise ConfigError(f"VAULT_VERIFY: the CA bundle {path} holds no PEM certificate")
+        raise ConfigError(f"invalid {setting}: the CA bundle {path} holds no PEM certificate")
     return certificates
 
 

@@ -46,6 +46,7 @@ from zope.interface import implementer
 from cwm.connector.logs import connector_logger
 from cwm.connector.message import DELIVERED, Message, Outcome, dead_letter, requeue
 from cwm.connector.settings import ConnectorSettings, Target
+from cwm.config.vault import load_ca_bundle
 from cwm.errors import ConfigError
 from cwm.modules.http_forward import BodyDrain
 from cwm.modules.ssrf import body_producer, cookieless_jar
@@ -332,7 +333,11 @@ def tls_policy(settings: ConnectorSettings) -> ConnectorTLSPolicy:
         )
         options = ssl.CertificateOptions(verify=False, **client)
         return ConnectorTLSPolicy(lambda host: UnverifiedConnections(options, _ascii(host)))
-    trust: Any = _trust_root(settings.ca_cert_path) if settings.ca_cert_path else ssl.platformTrust()
+    trust: Any = (
+        ssl.trustRootFromCertificates(load_ca_bundle(settings.ca_cert_path, "ca_cert_path"))
+        if settings.ca_cert_path
+        else ssl.platformTrust()
+    )
     return ConnectorTLSPolicy(
         lambda host: ssl.optionsForClientTLS(host, trustRoot=trust, extraCertificateOptions=dict(client))
     )
@@ -380,15 +385,6 @@ def _certificates(path: str, key: str) -> list[x509.Certificate]:
         return x509.load_pem_x509_certificates(pem)
     except ValueError:
         raise ConfigError(f"invalid {key}: {path} holds no valid PEM certificate") from None
-
-
-def _trust_root(path: str) -> Any:
-    """Only the CA certificates in the PEM file at ``path``; it blocks, so for start-up only."""
-    from OpenSSL import crypto
-    from twisted.internet import ssl
-
-    certificates = [ssl.Certificate(crypto.X509.from_cryptography(c)) for c in _certificates(path, "ca_cert_path")]
-    return ssl.trustRootFromCertificates(certificates)
 
 
 def _client_certificate(cert_path: str, key_path: str) -> dict[str, Any]:
