@@ -48,7 +48,7 @@ from cwm.connector.message import DELIVERED, Message, Outcome, dead_letter, requ
 from cwm.connector.settings import ConnectorSettings, Target
 from cwm.config.vault import load_ca_bundle
 from cwm.errors import ConfigError
-from cwm.modules.http_forward import BodyDrain
+from cwm.modules.http_forward import drain_body
 from cwm.modules.ssrf import body_producer, cookieless_jar
 from cwm.request import HEADER_NAME
 
@@ -263,17 +263,12 @@ class HttpDelivery:
         )
         status: int = response.code
         answer = _Answer(status, f"target answered {status}", _retry_after(status, response.headers))
-        if response.length != 0:
-            # Read and discard the body (up to a cap) so the connection can be reused.
-            finished: Deferred[None] = Deferred(lambda _: drain.stop())
-            drain = BodyDrain(finished)
-            response.deliverBody(drain)
-            try:
-                await finished
-            except Exception as error:
-                # A body cut short (by the target, the timeout or a stop) leaves
-                # the status as it was; _stoppable tells a stop apart.
-                self._log.debug("discarded the rest of a response body: {error_type}", error_type=type(error).__name__)
+        try:
+            await drain_body(response)
+        except Exception as error:
+            # A body cut short (by the target, the timeout or a stop) leaves
+            # the status as it was; _stoppable tells a stop apart.
+            self._log.debug("discarded the rest of a response body: {error_type}", error_type=type(error).__name__)
         return answer
 
     def status(self) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
-from twisted.internet.defer import CancelledError, Deferred, TimeoutError
+from twisted.internet.defer import CancelledError, Deferred, TimeoutError, succeed
 from twisted.internet.error import (
     ConnectError,
     ConnectingCancelledError,
@@ -149,6 +149,17 @@ class BodyDrain(Protocol):
         producer: Any = self.transport
         if producer is not None:
             producer.stopProducing()
+
+
+def drain_body(response: Any) -> Deferred[None]:
+    """Read and discard ``response``'s body (up to BodyDrain's cap) so its connection can
+    be reused; fires when done, fails if the body breaks; cancelling aborts it."""
+    if response.length == 0:
+        return succeed(None)
+    finished: Deferred[None] = Deferred(lambda _: drain.stop())
+    drain = BodyDrain(finished)
+    response.deliverBody(drain)
+    return finished
 
 
 def _reasons(error: BaseException) -> list[Failure]:
@@ -284,11 +295,7 @@ class HTTPForwardModule:
 
     async def _drain(self, response: Any, started: float) -> None:
         """Read and discard the response body so the connection can be reused."""
-        if response.length == 0:
-            return
-        finished: Deferred[None] = Deferred(lambda _: drain.stop())
-        drain = BodyDrain(finished)
-        response.deliverBody(drain)
+        finished = drain_body(response)
         remaining = self._timeout - (self._clock.seconds() - started)
         finished.addTimeout(max(remaining, 1.0), self._clock)
         try:
