@@ -51,8 +51,10 @@ class EtcdConfigSource:
 
     _log = Logger()
 
-    def __init__(self, store: ConfigStore, mirror: PrefixMirror, prefix: str) -> None:
+    def __init__(self, store: ConfigStore, mirror: PrefixMirror, prefix: str, namespace: str | None = None) -> None:
+        """``namespace``: only that namespace's webhooks (and every connection); None: all."""
         self._store = store
+        self._namespace = namespace
         self._mirror = mirror
         self._prefix = prefix.encode("utf-8")
         self.skipped: dict[str, str] = {}
@@ -89,7 +91,8 @@ class EtcdConfigSource:
                 else:
                     self.instances[name] = value
             elif kind == WEBHOOKS:
-                webhooks[(namespace, name)] = value
+                if self._namespace is None or namespace == self._namespace:
+                    webhooks[(namespace, name)] = value
             else:
                 connections[name] = value
         if webhooks or connections:

@@ -44,7 +44,6 @@ import txredisapi
 
 from cwm.connect.buffer import Buffered, ChannelCounts, StreamBuffer
 from cwm.connect.channels import ChannelConfig, TokenState, rotate, token_accepted
-from cwm.errors import HTTPError
 from cwm.modules.base import ModuleUnavailable
 from cwm.etcd.backoff import Backoff
 

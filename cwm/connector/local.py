@@ -44,7 +44,7 @@ from twisted.web.client import HTTPConnectionPool
 from cwm.body import parse_body
 from cwm.config.files import FileConfigSource, read_document
 from cwm.config.model import DEFAULT_NAMESPACE, namespace_problem
-from cwm.config.store import ConfigStore, Rejection, WebhookKey
+from cwm.config.store import ConfigStore
 from cwm.connector.logs import connector_logger
 from cwm.connector.message import DELIVERED, Message, Outcome, dead_letter, requeue
 from cwm.connector.settings import ConnectorSettings
@@ -162,38 +162,16 @@ class ModuleDelivery:
         await close_modules(self._store, self._pools)
 
 
-class _NamespaceStore(ConfigStore):
-    """A store that keeps the webhooks of one namespace (and every connection).
-
-    etcd holds the entries of every namespace under one prefix; the connector
-    builds modules only for those it can deliver to.
-    """
-
-    def __init__(self, namespace: str, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._namespace = namespace
-
-    def update(
-        self,
-        webhooks: Mapping[WebhookKey, Any],
-        connections: Mapping[str, Any] | None = None,
-        reread: bool = True,
-    ) -> tuple[Rejection, ...]:
-        mine = {key: raw for key, raw in webhooks.items() if key[0] == self._namespace}
-        return super().update(mine, connections, reread)
-
-
 def _store(
     reactor: Any,
     environ: Mapping[str, str],
     stdout: IO[str],
     working_dir: FilePath | None,
     parent: MultiService,
-    namespace: str,
 ) -> tuple[ConfigStore, tuple[HTTPConnectionPool, ...]]:
-    """The store of ``namespace``'s module instances; its service closes them when ``parent`` stops."""
+    """The store of the module instances; its service closes them when ``parent`` stops."""
     context, pools = module_context(reactor, stdout, working_dir or FilePath(os.getcwd()))
-    store = _NamespaceStore(namespace, context, environ)
+    store = ConfigStore(context, environ)
     # Added before the source, so the source stops first.
     ModulesService(store, pools).setServiceParent(parent)
     return store, pools
@@ -225,7 +203,7 @@ def module_delivery(
     read_document(settings.webhooks_config, "webhooks")
     if settings.connections_config is not None:
         read_document(settings.connections_config, "connections")
-    store, pools = _store(reactor, environ, stdout, working_dir, parent, DEFAULT_NAMESPACE)
+    store, pools = _store(reactor, environ, stdout, working_dir, parent)
     source = FileConfigSource(
         store,
         FilePath(settings.webhooks_config),
@@ -284,9 +262,9 @@ def etcd_delivery(
     def new_client() -> etcd_client.EtcdClient:
         return etcd_client.EtcdClient(options)
 
-    store, pools = _store(reactor, environ, stdout, working_dir, parent, settings.namespace)
+    store, pools = _store(reactor, environ, stdout, working_dir, parent)
     mirror = PrefixMirror()
-    source = EtcdConfigSource(store, mirror, settings.etcd_prefix)
+    source = EtcdConfigSource(store, mirror, settings.etcd_prefix, settings.namespace)
     PrefixWatch(new_client, etcd_client, settings.etcd_prefix.encode(), mirror, reactor).setServiceParent(parent)
 
     def source_status() -> Mapping[str, Any]:
