@@ -180,7 +180,10 @@ class _Source:
         variable: str | None,
         parse: Callable[[str], T],
         default: T,
+        secret: bool = False,
     ) -> T:
+        """The parsed value, or ``default``; an error names the source (and, unless
+        ``secret``, repeats the value)."""
         if option is not None and self._cli.get(option) is not None:
             raw, name = self._cli[option], f"--{option}"
         elif variable is not None and variable in self._environ:
@@ -191,7 +194,8 @@ class _Source:
         try:
             return parse(raw)
         except ValueError as e:
-            raise ConfigError(f"invalid {name}={raw!r}: {e}") from None
+            shown = "" if secret else f"={raw!r}"
+            raise ConfigError(f"invalid {name}{shown}: {e}") from None
 
 
 def _default_listen(source: _Source) -> str:
@@ -225,7 +229,7 @@ def parse_settings(
     return Settings(
         etcd=_etcd_settings(source, cwd) if backend == "etcd" else None,
         vault=_vault_settings(source, cwd) if _vault_enabled(source) else None,
-        connect=_connect_settings(source, environ, listen)
+        connect=_connect_settings(source, listen)
         if source.get(None, "WEBHOOK_CONNECT_ENABLED", boolean, False)
         else None,
         listen=listen,
@@ -390,13 +394,12 @@ def _vault_settings(source: _Source, cwd: str) -> VaultSettings:
     )
 
 
-def _connect_settings(source: _Source, environ: Mapping[str, str], listen: str) -> ConnectSettings:
-    name = "WEBHOOK_CONNECT_REDIS_URL" if "WEBHOOK_CONNECT_REDIS_URL" in environ else "REDIS_URL"
-    try:
-        redis = parse_redis_url(environ.get(name, "redis://localhost:6379/0"))
-    except ConfigError as e:
-        raise ConfigError(f"invalid {name}: {e}") from None  # the URL may hold a password
-    token = environ.get("WEBHOOK_CONNECT_ADMIN_TOKEN", "").strip()
+def _connect_settings(source: _Source, listen: str) -> ConnectSettings:
+    # The URLs may hold a password and the token is one: never repeated in an error.
+    redis = source.get(None, "WEBHOOK_CONNECT_REDIS_URL", parse_redis_url, None, secret=True)
+    if redis is None:  # REDIS_URL only as the fallback: it is not read when not used
+        redis = source.get(None, "REDIS_URL", parse_redis_url, parse_redis_url("redis://localhost:6379/0"), secret=True)
+    token = source.get(None, "WEBHOOK_CONNECT_ADMIN_TOKEN", str.strip, "", secret=True)
     return ConnectSettings(
         redis=redis,
         admin_token=token or None,
