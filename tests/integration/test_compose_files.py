@@ -142,6 +142,7 @@ def test_compose_file_images_and_healthchecks(path: Path) -> None:
     services: dict[str, dict[str, Any]] = config["services"]
     built = {svc["image"] for svc in services.values() if "build" in svc and "image" in svc}
     problems: list[str] = []
+    has_healthcheck: dict[str, bool] = {}
     for name, service in services.items():
         image = service.get("image", "")
         build = service.get("build")
@@ -172,8 +173,14 @@ def test_compose_file_images_and_healthchecks(path: Path) -> None:
             problems.append(f"{name}: healthcheck disabled")
         elif healthcheck is None and not covered:
             problems.append(f"{name}: no healthcheck (its own or the Dockerfile's)")
+        has_healthcheck[name] = (healthcheck is not None and not healthcheck.get("disable")) or (healthcheck is None and covered)
+    for name, service in services.items():
         for dependency, condition in (service.get("depends_on") or {}).items():
             wanted = condition.get("condition") if isinstance(condition, dict) else None
             if wanted not in (None, "service_started", "service_healthy"):
                 problems.append(f"{name}: depends_on {dependency} with condition {wanted!r}")
+            elif has_healthcheck.get(dependency) and wanted != "service_healthy":
+                # Started is not ready: wait for the healthcheck the dependency has.
+                problems.append(f"{name}: depends_on {dependency} with condition {wanted!r}, not 'service_healthy'"
+                                " (it has a healthcheck)")
     assert not problems, f"{path.relative_to(ROOT)}:\n" + "\n".join(problems)

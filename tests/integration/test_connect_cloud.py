@@ -485,8 +485,13 @@ async def test_sse_reconnect_with_last_event_id_resumes(cloud: Cloud) -> None:
 
 @pytest_twisted.ensureDeferred
 async def test_cwm_restart_with_queued_and_in_flight_messages(cloud: Cloud) -> None:
-    """Graceful stop and kill -9: everything is delivered after the restart, and nothing twice once acked."""
-    webhooks = {"h": hook("rs", "tok", max_in_flight=2, ack_timeout_seconds=2)}
+    """Graceful stop and kill -9: everything is delivered after the restart, and nothing twice once acked.
+
+    The ack timeout is far longer than any wait here, so the periodic reclaim (idle past the ack
+    timeout) can never hand the killed instance's messages back: only the restarted instance's
+    give-back of its own pending at start-up ("instance restarted") can.
+    """
+    webhooks = {"h": hook("rs", "tok", max_in_flight=2, ack_timeout_seconds=600)}
     process = cloud.start(webhooks)
     ws = await WSClient.open(process.port, "rs", "tok")
     for n in range(6):
@@ -510,6 +515,12 @@ async def test_cwm_restart_with_queued_and_in_flight_messages(cloud: Cloud) -> N
     process.process.wait()
     cloud.processes.remove(process)
     process = cloud.start(webhooks)
+    # Before any connector connects, the two messages the killed instance held are queued again
+    # (well within the bound; the reclaim would take the 600 s ack timeout).
+    await eventually("given back at start-up", lambda: in_flight(process, "rs", 0))
+    settled = await stats(process, "rs")
+    assert settled["messages_queued"] + settled["messages_delivered"] == 6
+    assert settled["messages_queued"] >= 2
     ws = await WSClient.open(process.port, "rs", "tok")
     while len(seen) < 6:
         m = await ws.webhook()

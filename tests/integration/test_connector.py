@@ -8,6 +8,7 @@ import hmac
 import json
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -199,6 +200,15 @@ def test_a_message_redelivered_while_its_delivery_runs_is_not_delivered_twice(pr
     assert connector.counters()["duplicates"] >= 1
     stats = settled_stats(cloud, CHANNEL, 1)
     assert (stats["messages_delivered"], stats["messages_queued"], stats["messages_in_flight"]) == (1, 0, 0)
+    assert connector.count(r": delivered$") == 1
+    # Every duplicate the connector counted is one it logged. The cloud has the ack now, so no more
+    # redeliveries come; wait (bounded) only for the log lines to be read from the pipe. A redelivery
+    # that crossed the ack on the wire is logged as "after its delivery ended" and counted too.
+    during = r"redelivered while its delivery is under way"
+    after = r"redelivered after its delivery ended"
+    until(lambda: connector.counters()["duplicates"] == connector.count(during) + connector.count(after),
+          why=lambda: f"{connector.counters()} vs {connector.count(during)} + {connector.count(after)} lines")
+    assert connector.count(during) >= 1
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
@@ -261,7 +271,23 @@ def test_heartbeats_keep_a_stream_open(procs: Processes) -> None:
     connector = procs.connector(connector_env(cloud, CHANNEL, TOKEN, "sse", CONNECTOR_HEARTBEAT_TIMEOUT="3",
                                               CONNECTOR_TARGET_URL=f"{target.url}/x"))
     connector.wait_connected()
-    # Five heartbeats pass (the cloud logs nothing per heartbeat; a message sent after them is the witness).
+    # No message yet: only heartbeats (every 1 s) reset the 3 s silence watchdog. Wait until the
+    # stream has been up for well over the heartbeat timeout on heartbeats alone.
+    _, body = connector.status()
+    since = body["link"]["connected_since"]
+    assert since is not None
+
+    def up_long_enough() -> bool:
+        _, body = connector.status()
+        assert body["link"]["connected_since"] == since, body["link"]  # the stream was never re-opened
+        return time.time() - since > 4.5
+
+    until(up_long_enough, timeout=20, why=lambda: "\n".join(connector.lines[-20:]))
+    assert connector.count(r"no data from the cloud") == 0
+    assert connector.counters()["reconnects"] == 0
+    assert connector.count(r"connected to the cloud over") == 1
+    assert channel_stats(cloud, CHANNEL)["messages_delivered"] == 0  # no message reset the watchdog
+    # A message sent after the heartbeats is delivered over the same stream.
     for n in range(1, 6):
         send(cloud, "cloud-webhook", [n])
         target.wait_seen(n)

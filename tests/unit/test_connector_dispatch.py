@@ -206,7 +206,7 @@ def test_drain_with_nothing_running_fires_at_once() -> None:
     assert dispatcher.drain(10.0).called
 
 
-def test_an_unexpected_exception_from_a_delivery_requeues(logged_failures: Any = None) -> None:
+def test_a_cancelled_delivery_requeues_as_stopping() -> None:
     clock = Clock()
 
     class Broken:
@@ -223,6 +223,28 @@ def test_an_unexpected_exception_from_a_delivery_requeues(logged_failures: Any =
     dispatcher = Dispatcher(Broken(), clock, 1, Counters())
     dispatcher.received(message(1), reports.settle("msg_1"))
     assert reports.sent == [("msg_1", "first", requeue("connector stopping"))]
+
+
+def test_an_unexpected_exception_from_a_delivery_requeues_and_is_logged(logged_failures: list[dict[str, Any]]) -> None:
+    clock = Clock()
+
+    class Broken:
+        async def deliver(self, message: Message) -> Outcome:
+            raise RuntimeError("boom")
+
+        def status(self) -> dict[str, Any]:
+            return {}
+
+        async def close(self) -> None:
+            pass
+
+    reports = Reports()
+    dispatcher = Dispatcher(Broken(), clock, 1, Counters())
+    dispatcher.received(message(1), reports.settle("msg_1"))
+    assert reports.sent == [("msg_1", "first", requeue("delivery failed unexpectedly"))]
+    assert len(logged_failures) == 1
+    assert logged_failures[0]["log_failure"].check(RuntimeError)
+    logged_failures.clear()
 
 
 def test_undeliverable_and_malformed_messages() -> None:
