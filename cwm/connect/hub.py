@@ -194,6 +194,7 @@ class Channel:
     connections: dict[str, Connection] = field(default_factory=dict)
     ready: bool = False  # its consumer group is known to exist
     recovered: bool = False  # what this consumer held before a restart was given back
+    recovering: bool = False  # that give-back is under way
     expire_cursor: str = ""
 
     @property
@@ -337,18 +338,28 @@ class ConnectHub:
 
     async def _ensure(self, channel: Channel) -> None:
         """Create the channel's group if needed; the first time, give back what a previous life held."""
+        if channel.recovering:
+            # Another call (registration, or the first sweep) is giving back what a
+            # previous life held; once it is done it marks the channel ready. Going
+            # on here could give back what this process has read since.
+            return
         try:
             await self._call(self._buffer.ensure_channel(channel.name))
             if not channel.recovered:
-                # This consumer name is stable across restarts: whatever it
-                # holds now, this process never sent.
-                for stream_id in await self._call(self._buffer.held_by_me(channel.name)):
-                    await self._call(
-                        self._buffer.give_back(
-                            channel.name, stream_id, channel.config.max_deliveries, "instance restarted",
-                            self._clock.seconds(),
+                channel.recovering = True
+                try:
+                    # This consumer name is stable across restarts: whatever it
+                    # holds now (the channel is not read before this is done),
+                    # this process never sent.
+                    for stream_id in await self._call(self._buffer.held_by_me(channel.name)):
+                        await self._call(
+                            self._buffer.give_back(
+                                channel.name, stream_id, channel.config.max_deliveries, "instance restarted",
+                                self._clock.seconds(),
+                            )
                         )
-                    )
+                finally:
+                    channel.recovering = False
                 channel.recovered = True
         except ConnectUnavailable:
             return  # the sweep tries again

@@ -232,3 +232,33 @@ def test_a_window_opening_on_a_channel_outside_the_current_read_wakes_it() -> No
     buffer.answer()  # the woken read returns nothing; the next one asks for both
     assert buffer.reads[-1][0] == {"ch": 1, "other": 4}
     hub.stop()
+
+
+def test_the_restart_give_back_runs_once_and_before_the_channel_is_read() -> None:
+    """Registration and the first sweep both ensure the channel: only one gives back
+    what a previous process held, and the channel is read only after it, so nothing
+    this process reads is given back as 'instance restarted'."""
+    clock = Clock()
+    clock.advance(1000)
+    held: Deferred[list[str]] = Deferred()
+    lookups: list[str] = []
+
+    class HeldBuffer(RecordingBuffer):
+        async def held_by_me(self, channel: str) -> list[str]:
+            lookups.append(channel)
+            return await held
+
+    buffer = HeldBuffer()
+    hub = ConnectHub(buffer, buffer, clock, "me")  # type: ignore[arg-type]
+    hub.register(OWNER, ChannelConfig(name="ch", token="t"))
+    hub.start()  # its first sweep ensures the channel again, during the give-back
+    assert lookups == ["ch"]
+    _, received = open_connection(hub, window=1)
+    assert buffer.reads == []  # not read before the give-back is done
+    held.callback(["9-0"])
+    assert buffer.given_back() == [("9-0", "instance restarted", False, True)]
+    buffer.answer(message(1))
+    assert received == [1]
+    clock.advance(5)  # later sweeps do not give back again
+    assert buffer.given_back() == [("9-0", "instance restarted", False, True)]
+    hub.stop()
