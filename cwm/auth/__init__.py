@@ -69,11 +69,16 @@ class WebhookChecks:
         checks: The request checks, in the order they must run.
         payload_check: The ``json_schema`` check, run once the body is parsed.
         trusted_proxies: The networks whose forwarding headers are believed.
+        secret_headers: Lower-case names of every header a check reads a
+            credential or signature from (masked wherever headers are shown).
+        secret_params: Every query parameter a check reads a credential from.
     """
 
     checks: tuple[Check, ...] = ()
     payload_check: PayloadCheck | None = None
     trusted_proxies: tuple[IPNetwork, ...] = ()
+    secret_headers: frozenset[str] = frozenset()
+    secret_params: frozenset[str] = frozenset()
 
     def client_ip(self, request: InboundRequest) -> str:
         """The client address of ``request``, as the IP checks see it."""
@@ -108,4 +113,10 @@ def build_checks(entry: Mapping[str, Any]) -> WebhookChecks:
     )
     schema = entry.get("json_schema")
     payload_check = build_json_schema(schema) if schema is not None else None
-    return WebhookChecks(checks, payload_check, trusted_proxies)
+    return WebhookChecks(
+        checks,
+        payload_check,
+        trusted_proxies,
+        secret_headers=frozenset().union(*(check.secret_headers for check in checks)),
+        secret_params=frozenset().union(*(check.secret_params for check in checks)),
+    )

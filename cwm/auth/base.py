@@ -29,7 +29,18 @@ class CheckFailed(HTTPError):
 
 
 class Check(Protocol):
-    """One check of a webhook, built once per config entry."""
+    """One check of a webhook, built once per config entry.
+
+    Attributes:
+        secret_headers: Lower-case names of the request headers the check
+            reads a credential or a signature from; the ``log`` module masks
+            them. Headers that only say who the client is (``X-Forwarded-For``)
+            or when it signed (a timestamp) are not listed.
+        secret_params: Names of the query parameters it reads a credential from.
+    """
+
+    secret_headers: frozenset[str]
+    secret_params: frozenset[str]
 
     def __call__(self, request: InboundRequest) -> None:
         """Return if the request passes; raise CheckFailed otherwise."""

@@ -154,6 +154,10 @@ class IpWhitelistCheck:
 
     __slots__ = ("networks",)
 
+    # Forwarding headers say who the client is; they hold no secret.
+    secret_headers: frozenset[str] = frozenset()
+    secret_params: frozenset[str] = frozenset()
+
     def __init__(self, networks: Sequence[IPNetwork]) -> None:
         self.networks = tuple(networks)
 

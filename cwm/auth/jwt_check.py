@@ -104,6 +104,9 @@ class JwtCheck:
 
     __slots__ = ("_algorithm", "_audience", "_issuer", "_key", "_leeway", "_verify_exp")
 
+    secret_headers: frozenset[str] = frozenset({"authorization"})
+    secret_params: frozenset[str] = frozenset()
+
     def __init__(
         self,
         key: Any,

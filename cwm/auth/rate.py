@@ -50,6 +50,9 @@ class RateLimitCheck:
         "window_seconds",
     )
 
+    secret_headers: frozenset[str] = frozenset()
+    secret_params: frozenset[str] = frozenset()
+
     def __init__(
         self,
         max_requests: int,

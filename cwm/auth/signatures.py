@@ -115,6 +115,10 @@ class _Signed:
 
 
 class _Scheme(Protocol):
+    @property
+    def signature_headers(self) -> tuple[str, ...]:
+        """The headers a signature may be read from."""
+
     def extract(self, request: InboundRequest) -> _Signed:
         """The signed bytes and received signatures, or CheckFailed."""
 
@@ -128,6 +132,10 @@ class _BodyScheme:
     encoding: str
     prefix: str | None = None
     prefix_required: bool = False
+
+    @property
+    def signature_headers(self) -> tuple[str, ...]:
+        return self.headers
 
     def extract(self, request: InboundRequest) -> _Signed:
         value = _required_header(request, self.headers)
@@ -147,6 +155,10 @@ class _StripeScheme:
     """``Stripe-Signature: t=<unix>,v1=<hex>[,v1=<hex>...]`` over ``"{t}.{body}"``."""
 
     header: str
+
+    @property
+    def signature_headers(self) -> tuple[str, ...]:
+        return (self.header,)
 
     def extract(self, request: InboundRequest) -> _Signed:
         value = _required_header(request, (self.header,))
@@ -182,6 +194,10 @@ class _SlackScheme:
     header: str
     timestamp_header: str = "X-Slack-Request-Timestamp"
 
+    @property
+    def signature_headers(self) -> tuple[str, ...]:
+        return (self.header,)
+
     def extract(self, request: InboundRequest) -> _Signed:
         value = _required_header(request, (self.header,))
         if not value.startswith("v0="):
@@ -198,6 +214,10 @@ class _StandardWebhooksScheme:
     """Standard Webhooks (and Svix): ``v1,<base64>`` entries over ``"{id}.{ts}.{body}"``."""
 
     header: str | None = None
+
+    @property
+    def signature_headers(self) -> tuple[str, ...]:
+        return (self.header,) if self.header is not None else ("webhook-signature", "svix-signature")
 
     def extract(self, request: InboundRequest) -> _Signed:
         if self.header is not None:
@@ -235,7 +255,11 @@ class _StandardWebhooksScheme:
 class HmacCheck:
     """The request must carry a valid HMAC signature made with one of the keys."""
 
-    __slots__ = ("_algorithm", "_keys", "_scheme", "_tolerance")
+    __slots__ = ("_algorithm", "_keys", "_scheme", "_tolerance", "provider", "secret_headers")
+
+    # A signature proves who sent the body, so it is masked too: within the
+    # replay window (or forever, without one) it lets its bytes be sent again.
+    secret_params: frozenset[str] = frozenset()
 
     def __init__(
         self,
@@ -243,7 +267,10 @@ class HmacCheck:
         keys: Sequence[bytes],
         algorithm: str = "sha256",
         tolerance_seconds: float | None = None,
+        provider: str | None = None,
     ) -> None:
+        self.provider = provider
+        self.secret_headers = frozenset(name.lower() for name in scheme.signature_headers)
         self._scheme = scheme
         self._keys = tuple(keys)
         self._algorithm = ALGORITHMS[algorithm]
@@ -372,4 +399,4 @@ def build_hmac(value: object) -> HmacCheck:
         keys = tuple(_standard_webhooks_key(secret) for secret in secrets)
     else:
         keys = tuple(text_bytes(secret) for secret in secrets)
-    return HmacCheck(scheme, keys, algorithm, tolerance)
+    return HmacCheck(scheme, keys, algorithm, tolerance, provider)

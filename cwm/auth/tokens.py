@@ -47,6 +47,8 @@ _FORBIDDEN_CHARS = re.compile(r"[\r\n\x00]")
 _PARAMETER_NAME = re.compile(r"[A-Za-z0-9_.-]{1,100}")
 # Strict base64: the standard alphabet, correct padding, no whitespace.
 _BASE64 = re.compile(r"(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?")
+_AUTHORIZATION: frozenset[str] = frozenset({"authorization"})
+_NONE: frozenset[str] = frozenset()
 
 
 def _authorization_value(request: InboundRequest) -> str:
@@ -69,6 +71,9 @@ class AuthorizationCheck:
     """
 
     __slots__ = ("_bearer", "_expected")
+
+    secret_headers = _AUTHORIZATION
+    secret_params = _NONE
 
     def __init__(self, expected: str) -> None:
         expected = expected.strip()
@@ -104,6 +109,9 @@ class BasicAuthCheck:
     """HTTP Basic credentials (RFC 7617) must match the configured pair."""
 
     __slots__ = ("_password", "_username")
+
+    secret_headers = _AUTHORIZATION
+    secret_params = _NONE
 
     #: Sent with every failure so that clients know which scheme to use.
     challenge: Mapping[str, str] = MappingProxyType({"WWW-Authenticate": 'Basic realm="cwm"'})
@@ -164,10 +172,13 @@ def _fold(value: str, case_sensitive: bool) -> str:
 class HeaderAuthCheck:
     """An API key sent in a named header."""
 
-    __slots__ = ("_case_sensitive", "_expected", "header_name")
+    __slots__ = ("_case_sensitive", "_expected", "header_name", "secret_headers")
+
+    secret_params = _NONE
 
     def __init__(self, api_key: str, header_name: str, case_sensitive: bool) -> None:
         self.header_name = header_name
+        self.secret_headers = frozenset({header_name.lower()})
         self._case_sensitive = case_sensitive
         self._expected = text_bytes(_fold(api_key, case_sensitive))
 
@@ -195,10 +206,13 @@ def build_header_auth(value: object) -> HeaderAuthCheck:
 class QueryAuthCheck:
     """An API key sent as a query parameter."""
 
-    __slots__ = ("_case_sensitive", "_expected", "parameter_name")
+    __slots__ = ("_case_sensitive", "_expected", "parameter_name", "secret_params")
+
+    secret_headers = _NONE
 
     def __init__(self, api_key: str, parameter_name: str, case_sensitive: bool) -> None:
         self.parameter_name = parameter_name
+        self.secret_params = frozenset({parameter_name})
         self._case_sensitive = case_sensitive
         self._expected = text_bytes(_fold(api_key, case_sensitive))
 

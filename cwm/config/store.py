@@ -442,7 +442,16 @@ class ConfigStore:
             return previous  # unchanged: keep its module and its rate-limit state
         checks = build_checks(entry.raw)
         try:
-            module = self._build(entry.module, entry.module_config, replace(context, entry=(namespace, webhook_id)))
+            module = self._build(
+                entry.module,
+                entry.module_config,
+                replace(
+                    context,
+                    entry=(namespace, webhook_id),
+                    secret_headers=checks.secret_headers,
+                    secret_params=checks.secret_params,
+                ),
+            )
         except ConfigError as e:
             raise ConfigError(f"module '{entry.module}': {e}") from None
         for warning in entry.warnings:

@@ -106,6 +106,10 @@ class ModuleContext:
         connect: The Webhook Connect hub (``cwm.connect.hub.ConnectHub``), or
             None when Webhook Connect is off.
         entry: (namespace, webhook_id) of the entry the module is built for.
+        secret_headers: Lower-case names of the headers the entry's own checks
+            read a credential or a signature from; never shown in clear.
+        secret_params: The query parameters the entry's checks read a
+            credential from; never shown in clear.
     """
 
     clock: IReactorTime
@@ -116,6 +120,8 @@ class ModuleContext:
     connections: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     connect: Any = None
     entry: tuple[str, str] | None = None
+    secret_headers: frozenset[str] = frozenset()
+    secret_params: frozenset[str] = frozenset()
 
 
 ModuleFactory = Callable[[Mapping[str, Any], ModuleContext], Module]

@@ -2,9 +2,14 @@
 
 By default one JSON line per webhook, for log collectors; with
 ``pretty_print: true`` a banner and indented JSON, for people watching a
-terminal. Credentials are masked before anything is written: the
-Authorization header always, other credential headers and sensitive payload
-keys unless ``redact_sensitive`` is false.
+terminal. Credentials are masked before anything is written, in both
+formats: always the Authorization header and every header and query
+parameter the entry's own checks read a credential or a signature from
+(``header_auth``'s ``X-Gitlab-Token``, ``hmac``'s signature header...);
+other credential-like headers and sensitive payload keys unless
+``redact_sensitive`` is false. The query string itself is not written, but a
+header that quotes a URL (``Referer``, a proxy's ``X-Original-URI``) has the
+entry's secret parameters masked in it.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import math
 import time
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import IO, Any
 
 from twisted.logger import Logger
@@ -90,21 +95,45 @@ def is_sensitive_header(name: str) -> bool:
     )
 
 
-def redact_headers(headers: Mapping[str, list[str]], redact_sensitive: bool) -> dict[str, str]:
+def query_value_pattern(params: Collection[str]) -> re.Pattern[str] | None:
+    """What matches the value of any of ``params`` in a URL's query, None for no params.
+
+    Names are matched in any case (masking too much is harmless); the value
+    runs to the next ``&``, ``#``, ``;``, quote, comma or whitespace.
+    """
+    if not params:
+        return None
+    alternatives = "|".join(re.escape(name) for name in sorted(params))
+    return re.compile(rf"(?<=[?&;])((?:{alternatives})=)[^&#;\s,\"']*", re.IGNORECASE)
+
+
+def redact_headers(
+    headers: Mapping[str, list[str]],
+    redact_sensitive: bool,
+    secret_headers: Collection[str] = frozenset(),
+    secret_params: re.Pattern[str] | None = None,
+) -> dict[str, str]:
     """Headers as ``name: value`` (repeated values joined by ", "), masked.
 
-    Authorization and Proxy-Authorization are masked even when
-    ``redact_sensitive`` is false.
+    Authorization, Proxy-Authorization and ``secret_headers`` (lower case)
+    are masked even when ``redact_sensitive`` is false; ``secret_params``
+    (from ``query_value_pattern``) masks those parameters' values in what is
+    shown of every other header.
     """
     shown: dict[str, str] = {}
     for name, values in headers.items():
         lowered = name.lower()
-        if lowered in _ALWAYS_REDACTED_HEADERS or (
-            redact_sensitive and is_sensitive_header(lowered)
+        if (
+            lowered in _ALWAYS_REDACTED_HEADERS
+            or lowered in secret_headers
+            or (redact_sensitive and is_sensitive_header(lowered))
         ):
             shown[lowered] = REDACTED
         else:
-            shown[lowered] = ", ".join(values)
+            value = ", ".join(values)
+            if secret_params is not None:
+                value = secret_params.sub(rf"\1{REDACTED}", value)
+            shown[lowered] = value
     return shown
 
 
@@ -141,14 +170,26 @@ class LogModule:
 
     _log = Logger()
 
-    def __init__(self, stdout: IO[str], pretty_print: bool, redact_sensitive: bool) -> None:
+    def __init__(
+        self,
+        stdout: IO[str],
+        pretty_print: bool,
+        redact_sensitive: bool,
+        secret_headers: Collection[str] = frozenset(),
+        secret_params: Collection[str] = frozenset(),
+    ) -> None:
+        """``secret_headers`` and ``secret_params``: what the entry's checks read secrets from."""
         self._stdout = stdout
         self._pretty_print = pretty_print
         self._redact_sensitive = redact_sensitive
+        self._secret_headers = frozenset(name.lower() for name in secret_headers)
+        self._secret_params = query_value_pattern(secret_params)
 
     def render(self, event: WebhookEvent) -> str:
         """The text written for ``event`` (newline-terminated); never mutates it."""
-        headers = redact_headers(event.headers, self._redact_sensitive)
+        headers = redact_headers(
+            event.headers, self._redact_sensitive, self._secret_headers, self._secret_params
+        )
         if event.data_type == "blob" or isinstance(event.payload, (bytes, bytearray)):
             blob = (
                 bytes(event.payload)
@@ -218,7 +259,9 @@ class LogModule:
 def build(module_config: Mapping[str, Any], ctx: ModuleContext) -> LogModule:
     """Build the ``log`` module from its ``module-config``.
 
-    Keys: ``pretty_print`` (false), ``redact_sensitive`` (true).
+    Keys: ``pretty_print`` (false), ``redact_sensitive`` (true). The
+    headers and query parameters the entry's checks read secrets from come
+    from ``ctx`` and are masked whatever ``redact_sensitive`` says.
 
     Raises:
         ConfigError: an unknown key or a value of the wrong type.
@@ -228,4 +271,6 @@ def build(module_config: Mapping[str, Any], ctx: ModuleContext) -> LogModule:
         stdout=ctx.stdout,
         pretty_print=get_bool(module_config, "pretty_print", False),
         redact_sensitive=get_bool(module_config, "redact_sensitive", True),
+        secret_headers=ctx.secret_headers,
+        secret_params=ctx.secret_params,
     )
