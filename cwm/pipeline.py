@@ -81,6 +81,10 @@ class WebhookPipeline:
             webhook = self._find(namespace, webhook_id)
             request = replace(request, client_ip=webhook.checks.client_ip(request))
             payload = self._verify(webhook, request)
+            challenge = webhook.checks.slack_challenge(request)
+            if challenge is not None:  # Slack's Request URL handshake: echoed, never delivered
+                self._outcome(where, request_id, request, 200, "Slack URL verification")
+                return Answer(200, json.dumps({"challenge": challenge}).encode())
             event = WebhookEvent(
                 namespace=webhook.namespace,
                 webhook_id=webhook_id,

@@ -16,7 +16,7 @@ from cwm.auth.ip import IPNetwork, build_ip_whitelist, parse_trusted_proxies, re
 from cwm.auth.jwt_check import build_jwt
 from cwm.auth.rate import build_rate_limit
 from cwm.auth.schema import build_json_schema
-from cwm.auth.signatures import build_hmac
+from cwm.auth.signatures import HmacCheck, build_hmac, slack_url_verification
 from cwm.auth.tokens import (
     build_authorization,
     build_basic_auth,
@@ -72,6 +72,8 @@ class WebhookChecks:
         secret_headers: Lower-case names of every header a check reads a
             credential or signature from (masked wherever headers are shown).
         secret_params: Every query parameter a check reads a credential from.
+        slack: The entry verifies Slack signatures (``hmac`` provider ``slack``),
+            so a signed ``url_verification`` handshake is answered, not delivered.
     """
 
     checks: tuple[Check, ...] = ()
@@ -79,10 +81,26 @@ class WebhookChecks:
     trusted_proxies: tuple[IPNetwork, ...] = ()
     secret_headers: frozenset[str] = frozenset()
     secret_params: frozenset[str] = frozenset()
+    slack: bool = False
 
     def client_ip(self, request: InboundRequest) -> str:
         """The client address of ``request``, as the IP checks see it."""
         return resolve_client_ip(request, self.trusted_proxies)
+
+    def slack_challenge(self, request: InboundRequest) -> str | None:
+        """The challenge to echo when ``request`` (already checked) is Slack's URL handshake."""
+        return slack_url_verification(request.body) if self.slack else None
+
+
+@dataclass(frozen=True)
+class _SlackHandshakeExempt:
+    """A ``json_schema`` check that lets Slack's handshake through: it is not an event."""
+
+    check: PayloadCheck
+
+    def __call__(self, request: InboundRequest, payload: Any) -> None:
+        if slack_url_verification(request.body) is None:
+            self.check(request, payload)
 
 
 def build_checks(entry: Mapping[str, Any]) -> WebhookChecks:
@@ -111,12 +129,18 @@ def build_checks(entry: Mapping[str, Any]) -> WebhookChecks:
     checks = tuple(
         builders[key](entry[key]) for key in _REQUEST_CHECK_KEYS if entry.get(key) is not None
     )
+    slack = any(isinstance(check, HmacCheck) and check.provider == "slack" for check in checks)
     schema = entry.get("json_schema")
-    payload_check = build_json_schema(schema) if schema is not None else None
+    payload_check: PayloadCheck | None = None
+    if schema is not None:
+        payload_check = build_json_schema(schema)
+        if slack:
+            payload_check = _SlackHandshakeExempt(payload_check)
     return WebhookChecks(
         checks,
         payload_check,
         trusted_proxies,
         secret_headers=frozenset().union(*(check.secret_headers for check in checks)),
         secret_params=frozenset().union(*(check.secret_params for check in checks)),
+        slack=slack,
     )

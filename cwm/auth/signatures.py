@@ -9,6 +9,9 @@ the request was received (upstream has none, its W23).
 Received signatures are decoded to bytes first and compared with the computed
 digest in constant time. ``secret`` may be a list while a key is rotated: any
 one of them matching passes.
+
+``slack_url_verification`` recognises the signed handshake Slack sends when a
+Request URL is configured, so that the pipeline can echo its challenge.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import base64
 import binascii
 import hashlib
 import hmac
+import json
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -36,7 +40,14 @@ from cwm.auth.base import CheckFailed
 from cwm.errors import ConfigError
 from cwm.request import HEADER_NAME, InboundRequest
 
-__all__ = ["ALGORITHMS", "ENCODINGS", "PROVIDERS", "HmacCheck", "build_hmac"]
+__all__ = [
+    "ALGORITHMS",
+    "ENCODINGS",
+    "PROVIDERS",
+    "HmacCheck",
+    "build_hmac",
+    "slack_url_verification",
+]
 
 _KEY = "hmac"
 _OPTIONS = ("secret", "header", "algorithm", "encoding", "provider", "tolerance_seconds")
@@ -59,6 +70,9 @@ _TIMED_PROVIDERS = ("stripe", "slack", "standard-webhooks")
 _HEX = re.compile(r"[0-9A-Fa-f]+")
 _TIMESTAMP = re.compile(r"[0-9]{1,15}")
 _WHSEC_PREFIX = "whsec_"
+# Slack's handshake body is about 150 bytes and its challenge about 50 characters.
+_HANDSHAKE_MAX_BODY = 4096
+_HANDSHAKE_MAX_CHALLENGE = 1024
 
 _INVALID_FORMAT = "Invalid signature format"
 _INVALID_SIGNATURE = "Invalid HMAC signature"
@@ -294,6 +308,27 @@ class HmacCheck:
             raise CheckFailed(_INVALID_SIGNATURE)
 
 
+def slack_url_verification(body: bytes) -> str | None:
+    """The challenge of Slack's ``url_verification`` handshake, None for any other body.
+
+    Slack checks an Events API Request URL by POSTing a signed
+    ``{"type": "url_verification", "challenge": "...", "token": "..."}`` and
+    expects the challenge back (as text, a form or ``{"challenge": ...}``).
+    """
+    if len(body) > _HANDSHAKE_MAX_BODY or b"url_verification" not in body:
+        return None
+    try:
+        document = json.loads(body)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(document, dict) or document.get("type") != "url_verification":
+        return None
+    challenge = document.get("challenge")
+    if not isinstance(challenge, str) or not challenge or len(challenge) > _HANDSHAKE_MAX_CHALLENGE:
+        return None
+    return challenge
+
+
 def _secrets(options: Mapping[str, Any]) -> tuple[str, ...]:
     value = options.get("secret")
     if value is None:
@@ -306,10 +341,15 @@ def _secrets(options: Mapping[str, Any]) -> tuple[str, ...]:
 
 
 def _standard_webhooks_key(secret: str) -> bytes:
-    """The key of a Standard Webhooks secret: base64 after an optional ``whsec_``."""
+    """The key of a Standard Webhooks secret: base64 after an optional ``whsec_``.
+
+    The padding may be left out, as the official SDKs allow.
+    """
     encoded = secret.strip()
     if encoded.startswith(_WHSEC_PREFIX):
         encoded = encoded[len(_WHSEC_PREFIX) :]
+    if "=" not in encoded:
+        encoded += "=" * (-len(encoded) % 4)
     try:
         key = base64.b64decode(encoded, validate=True)
     except (binascii.Error, ValueError):
