@@ -668,7 +668,7 @@ def test_hmac_config_errors(value: object, message: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "secret", ["whsec_not*base64!", "whsec_", "whsec_abc", "plain text secret"]
+    "secret", ["whsec_not*base64!", "whsec_", "whsec_abcde", "plain text secret"]
 )
 def test_hmac_config_standard_webhooks_secret_not_base64(secret: str) -> None:
     """A standard-webhooks secret that is not base64 is a ConfigError without the secret."""
