@@ -2,7 +2,8 @@
 
 Every entry is validated first with the receiver's own rules; nothing is
 written unless all entries pass (an unset ``{$VAR}`` is only a warning: the
-servers may have it). Writing is idempotent: a key already holding the same
+servers may have it; a ``webhook_connect`` entry is checked by its
+module-config, as Webhook Connect is the servers' to run). Writing is idempotent: a key already holding the same
 JSON is left alone, so running it twice changes nothing. Values are written
 as they are in the files, ``{$VAR}`` references included.
 """
@@ -42,6 +43,13 @@ class _AnySecret:
         return None
 
 
+class _NoHub:
+    """Stands in for the Webhook Connect hub: registering a channel validates nothing more."""
+
+    def register(self, owner: object, config: object) -> Callable[[], None]:
+        return lambda: None
+
+
 def plan(
     webhooks: Mapping[str, Any],
     connections: Mapping[str, Any],
@@ -70,7 +78,12 @@ def validate(
 ) -> tuple[list[str], list[str]]:
     """(errors, warnings) for the documents, by the receiver's rules."""
     context = ModuleContext(
-        clock=Clock(), stdout=sys.stdout, http=None, http_unguarded=None, working_dir=FilePath(os.getcwd())
+        clock=Clock(),
+        stdout=sys.stdout,
+        http=None,
+        http_unguarded=None,
+        working_dir=FilePath(os.getcwd()),
+        connect=_NoHub(),
     )
     store = ConfigStore(context, environ, secrets=_AnySecret())
     store.replace_all(

@@ -119,3 +119,19 @@ def test_validation_lets_vault_references_through_and_warns_on_unset_variables()
     )
     assert warnings == ["webhook 'env': env.authorization: environment variable MIGRATE_UNSET_VAR is not set"]
     assert len(errors) == 1 and errors[0].startswith("webhook 'bad':")
+
+
+def test_migrate_copies_webhook_connect_entries(tmp_path: Path, etcd: EtcdServer, etcd_prefix: str) -> None:
+    """A webhook_connect entry is validated by its module-config, whatever this process's own settings."""
+    relay = {
+        "module": "webhook_connect",
+        "module-config": {"channel": "ch-1", "channel_token": "{$CHANNEL_TOKEN}", "max_in_flight": 5},
+    }
+    code, output = run(files(tmp_path, {"relay": relay}, {}), {**env(etcd, etcd_prefix), "CHANNEL_TOKEN": "t"})
+    assert code == 0, output
+    assert "warning" not in output
+    assert stored(etcd, etcd_prefix) == {f"{etcd_prefix}default/webhooks/relay": relay}
+    bad = {"module": "webhook_connect", "module-config": {"channel": "ch-1"}}
+    code, output = run(files(tmp_path, {"bad": bad}, {}), env(etcd, etcd_prefix))
+    assert code == 1
+    assert "invalid: webhook 'bad': module 'webhook_connect': module-config.channel_token: required" in output
