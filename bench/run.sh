@@ -4,7 +4,7 @@
 #   make bench            # or: bash bench/run.sh
 #   DURATION=10s ROUNDS=3 CONNECTIONS=50 bash bench/run.sh
 #
-# Method (see /work/shared/reference/performance-baseline.md and bench/README.rst):
+# Method (see bench/README.rst):
 # each server alone on core 0, wrk on core 1, a warm-up run per server, then
 # ROUNDS interleaved measured runs; medians; the cwm/bare ratio is the result.
 # Writes bench/results/receiver-<UTC date>.md. Exits non-zero if anything failed,

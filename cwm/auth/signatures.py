@@ -4,7 +4,7 @@ Generic mode reads ``<digest>`` or ``<alg>=<digest>`` from one header (the
 upstream format). A ``provider`` preset fixes the header, algorithm, encoding
 and signed bytes of that provider; the ones that sign a timestamp (Stripe,
 Slack, Standard Webhooks) also get a replay window, checked against the time
-the request was received (upstream has none, its W23).
+the request was received (upstream's HMAC check has no replay window).
 
 Received signatures are decoded to bytes first and compared with the computed
 digest in constant time. ``secret`` may be a list while a key is rotated: any

@@ -1,13 +1,15 @@
 """``{$VAR}`` and ``{$vault:PATH#FIELD}`` references in configuration values.
 
 A value is never altered beyond the substitution itself: upstream's
-"sanitising" of substituted values corrupted passwords and URLs (its W19).
+"sanitising" of substituted values (deleting ``;|&$(){}`` and ``..``, and
+words such as ``id`` or ``cat``) corrupted passwords, tokens and URLs.
 Both kinds are replaced in one pass, so a secret that happens to contain
 ``{$...}`` is never expanded again.
 
 A reference that cannot be resolved and has no default holds back only its
 entry (``SecretUnavailable``): never the literal "Undefined variable", and
-never the whole configuration (upstream's W4). Vault values are not read here:
+never the whole configuration (upstream failed its whole load, or reconnected
+its etcd watch forever, on one unresolvable reference). Vault values are not read here:
 the caller passes a lookup over the values read so far, and a reference that
 has not been read yet makes the entry wait (``SecretsPending``).
 """

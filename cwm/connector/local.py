@@ -2,7 +2,7 @@
 
 Both reuse the receiver's machinery whole: a ``ConfigStore`` builds one module
 instance per entry (with ``{$VAR}`` substitution, which upstream's module mode
-skipped: its W22), fed live either by the local webhooks.json and
+skipped), fed live either by the local webhooks.json and
 connections.json (module mode, polled for changes) or by etcd (etcd mode,
 entries under ``{prefix}{namespace}/webhooks/`` and
 ``{prefix}global/connections/``; other namespaces' entries are not built).

@@ -6,7 +6,8 @@ from a dedicated thread: the watch thread of ``cwm.etcd.watch``, the
 publisher's thread, or a one-thread pool of your own. Never from the reactor
 thread, and never through ``deferToThread``: the reactor's shared pool also
 resolves hostnames, and a worker blocked in gRPC there wedges DNS and
-``reactor.stop()`` (shared/reference/etcd-watch.md §5).
+``reactor.stop()`` (that pool has at most ten workers, and stopping the
+reactor joins each of them, so one blocked in a watch hangs the process).
 
 What it adds to the bare stubs:
 
@@ -18,7 +19,8 @@ What it adds to the bare stubs:
   and sent as ``token`` metadata; an expired token is renewed once,
   transparently, and the call retried;
 - errors classified into the few kinds a caller acts on (:class:`EtcdError`
-  and its subclasses, etcd-watch.md §1.10);
+  and its subclasses: relist, back off and retry, authenticate again, or
+  wait for the configuration to be fixed);
 - watch streams that really stop: :meth:`WatchStream.close` cancels the call
   and ends the request iterator, so no gRPC thread is left behind.
 """
@@ -201,7 +203,7 @@ def prefix_range_end(prefix: bytes) -> bytes:
 
 
 def watch_prefix_request(prefix: bytes, start_revision: int) -> rpc_pb2.WatchCreateRequest:
-    """The create request of a cache's prefix watch (etcd-watch.md §6.1).
+    """The create request of a cache's prefix watch, from ``start_revision`` on.
 
     Progress notifications let a resume start after the last revision known
     even when nothing changed; fragments keep a huge revision under every

@@ -56,7 +56,7 @@ class EtcdOptions:
         return self.ca_cert is not None or self.cert is not None
 
     def channel_options(self) -> list[tuple[str, int]]:
-        """The gRPC channel arguments (etcd-watch.md §5.2)."""
+        """The gRPC channel arguments: keepalive pings that notice a dead peer, big messages, short reconnects."""
         return [
             ("grpc.keepalive_time_ms", self.keepalive_time_ms),
             ("grpc.keepalive_timeout_ms", self.keepalive_timeout_ms),

@@ -3,8 +3,9 @@
 The body bytes go out as received, with the original Content-Type, so a
 downstream signature check still passes. Destinations go through the SSRF
 guard (``ctx.http``) unless their host is listed in ``allowed_hosts``.
-Upstream's version could not be instantiated at all (its W9); this one is
-built once per config entry.
+Upstream's version could not be instantiated at all (its constructor refused
+the keyword argument every caller passed, so each webhook using it got a 500);
+this one is built once per config entry.
 """
 
 from __future__ import annotations

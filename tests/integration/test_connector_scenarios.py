@@ -1,7 +1,7 @@
 """Scenario 04 (connector_advanced) against real processes: a cloud cwm with Webhook Connect on a
 real redis-server, ``twistd -n cwm-connector`` over each protocol, local cwm targets, and etcd.
 
-Upstream's steps (reference §10.4) with its channels, tokens and limits; every sleep of the
+Upstream's scenario 04 steps with its channels, tokens and limits; every sleep of the
 original is a bounded wait on an event, and the fixes it noted apply: a long-poll with a queued
 message answers 200, a full queue answers 503 with Retry-After and stores exactly
 ``max_queue_size``, and saved files are JSON, so each check names the exact sequence numbers.

@@ -296,7 +296,7 @@ def test_watch_created_then_put_event_and_close_leaves_no_thread(
 
 
 def test_watch_from_a_compacted_revision_is_created_then_canceled(client: EtcdClient, etcd_prefix: str) -> None:
-    """etcd-watch.md §1.4: the created reply first, then canceled with compact_revision."""
+    """etcd sends the created reply first, then a canceled one carrying compact_revision."""
     prefix = etcd_prefix.encode()
     old = client.put(prefix + b"a", b"1")
     latest = client.put(prefix + b"a", b"2")

@@ -1,4 +1,4 @@
-"""The PrefixWatch under etcd faults (etcd-watch.md §6.2), on the real reactor and a real etcd 3.5.1.
+"""The PrefixWatch under etcd faults, on the real reactor and a real etcd 3.5.1.
 
 Compaction while disconnected and at create, a restart, a frozen server
 (SIGSTOP), expired tokens and missing permissions, fragmented responses,

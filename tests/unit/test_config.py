@@ -38,7 +38,7 @@ def parse(value: Any, connections: Mapping[str, ConnectionEntry] | None = None) 
 
 
 def test_substitute_whole_value_keeps_text_exactly() -> None:
-    """A whole-value reference becomes the variable's text, byte for byte (no W19 sanitising)."""
+    """A whole-value reference becomes the variable's text, byte for byte (no characters or words deleted)."""
     environ = {"PW": "p;a|s&s$w(o)r{d}/../id cat"}
     assert substitute({"password": "{$PW}"}, environ) == {"password": environ["PW"]}
 

@@ -218,7 +218,7 @@ def test_charset_of_the_content_type_is_used() -> None:
 
 
 def test_variables_are_substituted_in_module_config() -> None:
-    """{$VAR} works in module mode (upstream's module mode skipped it: W22)."""
+    """{$VAR} works in module mode (upstream's module mode skipped it)."""
     local = Local({"SINK": "primary", "LEVEL": "2"})
     local.load({"hook": {**FAKE, "module-config": {"sink": "{$SINK}", "url": "https://{$HOST:example.com}/{$LEVEL}"}}})
     assert dict(local.modules["hook"].config) == {"sink": "primary", "url": "https://example.com/2"}

@@ -70,7 +70,7 @@ S = grpc.StatusCode
     ],
 )
 def test_classify_grpc_status(code: Any, details: str, kind: type[EtcdError]) -> None:
-    """Each status and etcd message lands in the kind the caller acts on (etcd-watch.md §1.10)."""
+    """Each status and etcd message lands in the kind the caller acts on."""
     error = classify(FakeRpcError(code, details))
     assert type(error) is kind
     assert error.code is code
@@ -127,7 +127,7 @@ def test_watch_prefix_request_asks_for_progress_and_fragments() -> None:
 
 
 def test_channel_options_are_the_recommended_ones() -> None:
-    """etcd-watch.md §5.2, option by option."""
+    """The keepalive, message size and reconnect options, option by option."""
     options = dict(EtcdOptions(endpoints=(("127.0.0.1", 2379),)).channel_options())
     assert options == {
         "grpc.keepalive_time_ms": 5000,
