@@ -21,7 +21,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.web.iweb import IRequest
 
 from cwm.body import parse_body
-from cwm.connect.api import bearer, bounded_arg, channel_stats, not_initialized, request_header
+from cwm.connect.api import bearer, bounded_arg, channel_stats, not_enabled, request_header
 from cwm.connect.hub import SWEEP_SECONDS, Channel, ConnectHub, iso
 from cwm.errors import HTTPError
 from cwm.web.errors import install_json_errors, json_answer
@@ -62,6 +62,8 @@ class ConnectAdmin:
         return self.app.resource()
 
     def _admin(self, request: IRequest) -> ConnectHub:
+        if self._hub_or_none is None:
+            raise not_enabled()  # before any 403/401: with Webhook Connect off these routes do not exist
         if self._token is None:
             raise HTTPError(403, "Admin API disabled. Set WEBHOOK_CONNECT_ADMIN_TOKEN environment variable.")
         header = request_header(request, b"authorization")
@@ -69,8 +71,6 @@ class ConnectAdmin:
             raise HTTPError(401, "Missing authorization header")
         if not hmac.compare_digest(bearer(header).encode(), self._token.encode()):
             raise HTTPError(401, "Invalid admin token")
-        if self._hub_or_none is None:
-            raise not_initialized()
         return self._hub_or_none
 
     def _channel(self, request: IRequest, name: str) -> tuple[ConnectHub, Channel]:
@@ -83,7 +83,7 @@ class ConnectAdmin:
     @app.route("/health", methods=["GET"])
     def health(self, request: IRequest) -> bytes:
         if self._hub_or_none is None:
-            raise not_initialized()
+            raise not_enabled()
         status = self._hub_or_none.status()
         body = {"status": "healthy" if status["buffer"] else "unhealthy", **status,
                 "timestamp": iso(self._clock.seconds())}
