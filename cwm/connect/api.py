@@ -47,6 +47,7 @@ def channel_stats(channel: Channel, counts: ChannelCounts, connections: list[dic
         "messages_expired": counts.expired,
         "messages_dead_lettered": counts.dead_lettered,
         "dead_letters": counts.dead_letters,
+        "dead_letters_dropped": counts.dead_letters_dropped,
         "connected_clients": len(connections),
     }
 

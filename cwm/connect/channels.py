@@ -36,9 +36,12 @@ _KEYS = frozenset(
         "max_message_size",
         "forward_credentials",
         "heartbeat_interval_seconds",
+        "dead_letter_max",
     }
 )
 MAX_MESSAGE_SIZE = 10 * 1024 * 1024
+DEAD_LETTER_MAX = 10_000
+"""Dead letters a channel keeps by default; older ones are dropped (and counted)."""
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,7 @@ class ChannelConfig:
     max_message_size: int = MAX_MESSAGE_SIZE
     forward_credentials: bool = False
     heartbeat_interval_seconds: int = 30
+    dead_letter_max: int = DEAD_LETTER_MAX
 
 
 def _whole(config: Mapping[str, Any], key: str, default: int, low: int, high: int) -> int:
@@ -96,6 +100,7 @@ def parse_channel_config(config: Mapping[str, Any]) -> ChannelConfig:
         max_message_size=_whole(config, "max_message_size", MAX_MESSAGE_SIZE, 1024, 64 * 1024 * 1024),
         forward_credentials=forward,
         heartbeat_interval_seconds=_whole(config, "heartbeat_interval_seconds", 30, 1, 3600),
+        dead_letter_max=_whole(config, "dead_letter_max", DEAD_LETTER_MAX, 1, 1_000_000),
     )
 
 
