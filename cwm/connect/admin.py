@@ -170,10 +170,10 @@ class ConnectAdmin:
         grace = body.get("grace_period_seconds", DEFAULT_GRACE)
         if isinstance(grace, bool) or not isinstance(grace, int) or not 0 <= grace <= MAX_GRACE:
             raise HTTPError(422, f"grace_period_seconds: expected a whole number from 0 to {MAX_GRACE}")
-        rotated = await hub.rotate(channel, grace)
+        new_token, rotated = await hub.rotate(channel, grace)
         return _json(request, {
             "channel": channel.name,
-            "new_token": rotated.current,
+            "new_token": new_token,
             "old_token_expires_at": iso(rotated.previous_expires_at),
             "message": f"Old token valid for {grace} seconds grace period",
         })

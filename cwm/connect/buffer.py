@@ -198,6 +198,14 @@ return moved
 """
 
 
+_STORE_TOKENS = """
+if ARGV[1] ~= '' and redis.call('HGET', KEYS[1], 'current') ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+return 1
+"""
+
+
 @dataclass(frozen=True)
 class RedisAddress:
     """Where Redis is, from a ``redis://`` or ``rediss://`` URL."""
@@ -561,9 +569,14 @@ class StreamBuffer:
         k = self.keys(channel)
         return _fields(await self._redis.execute_command("HGETALL", k.tokens) or [])
 
-    async def store_tokens(self, channel: str, fields: list[str]) -> None:
+    async def store_tokens(self, channel: str, fields: list[str], replacing: str = "") -> bool:
+        """Replace the channel's token fields (whole: no field of an older form stays behind).
+
+        With ``replacing``, only if the stored ``current`` field is still that
+        (a plain-text entry being hashed); False when it was not.
+        """
         k = self.keys(channel)
-        await self._redis.execute_command("HSET", k.tokens, *fields)
+        return int(await self._redis.eval(_STORE_TOKENS, [k.tokens], [replacing, *fields])) == 1
 
     async def counts(self, channel: str) -> ChannelCounts:
         k = self.keys(channel)

@@ -43,7 +43,7 @@ from twisted.python.failure import Failure
 import txredisapi
 
 from cwm.connect.buffer import Buffered, ChannelCounts, StreamBuffer
-from cwm.connect.channels import ChannelConfig, TokenState, rotate, token_accepted
+from cwm.connect.channels import ChannelConfig, ChannelTokens, TokenState
 from cwm.modules.base import ModuleUnavailable
 from cwm.etcd.backoff import Backoff
 
@@ -236,6 +236,7 @@ class ConnectHub:
         clock: IReactorTime,
         instance: str,
         connected: Callable[[], bool] = lambda: True,
+        token_key: bytes | None = None,
     ) -> None:
         """
         Args:
@@ -245,12 +246,15 @@ class ConnectHub:
             instance: this instance's consumer name in Redis.
             connected: whether the pool has a live Redis connection now (a
                 publish then fails at once instead of waiting for the timeout).
+            token_key: what rotated channel tokens are hashed with in Redis
+                (``channels.token_key``); None: no rotation.
         """
         self._buffer = buffer
         self._reader = reader
         self._clock = clock
         self.instance = instance
         self._connected = connected
+        self._tokens = ChannelTokens(token_key)
         self._channels: dict[str, Channel] = {}
         self._connections: dict[str, Connection] = {}
         self._running = False
@@ -384,19 +388,32 @@ class ConnectHub:
     # -- tokens ----------------------------------------------------------------
 
     async def token_state(self, channel: Channel) -> TokenState | None:
-        return TokenState.from_redis(await self._call(self._buffer.tokens(channel.name)))
+        """The channel's rotated tokens; an entry an older cwm left in plain text is hashed in place."""
+        config_token = channel.config.token
+        state = TokenState.from_redis(await self._call(self._buffer.tokens(channel.name)))
+        if state is not None and not state.hashed and self._tokens.can_hash:
+            hashed = self._tokens.migrate(state, config_token)
+            # Only if the entry is still the one read (a rotation meanwhile wins).
+            if await self._call(self._buffer.store_tokens(channel.name, hashed.as_redis(), replacing=state.current)):
+                self._log.info("channel {channel!r}: rotated tokens found in plain text now stored hashed",
+                               channel=channel.name)
+            state = hashed
+        return state
 
     async def authorize(self, channel: Channel, token: str) -> bool:
         """Whether ``token`` opens ``channel`` now (the configured or rotated tokens)."""
         state = await self.token_state(channel)
-        return token_accepted(token, channel.config.token, state, self._clock.seconds())
+        return self._tokens.accepted(token, channel.config.token, state, self._clock.seconds(), channel.name)
 
-    async def rotate(self, channel: Channel, grace_seconds: float) -> TokenState:
-        """A new token for the channel, on every instance; the old one works for ``grace_seconds``."""
+    async def rotate(self, channel: Channel, grace_seconds: float) -> tuple[str, TokenState]:
+        """A new token for the channel, on every instance; the old one works for ``grace_seconds``.
+
+        Returns the new token (only its hash is stored) and the stored state.
+        """
         state = await self.token_state(channel)
-        rotated = rotate(channel.config.token, state, self._clock.seconds(), grace_seconds)
+        token, rotated = self._tokens.rotate(channel.config.token, state, self._clock.seconds(), grace_seconds)
         await self._call(self._buffer.store_tokens(channel.name, rotated.as_redis()))
-        return rotated
+        return token, rotated
 
     # -- publishing ----------------------------------------------------------
 
