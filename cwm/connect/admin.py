@@ -236,7 +236,9 @@ class ConnectAdmin:
             if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids) or len(ids) > 10_000:
                 raise HTTPError(422, "message_ids: expected a list of at most 10000 message ids")
         limit = (body or {}).get("limit")
-        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_REPLAY):
+        if limit is not None and (
+            isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_REPLAY
+        ):
             raise HTTPError(422, f"limit: expected a whole number from 1 to {MAX_REPLAY}")
         cursor = (body or {}).get("cursor")
         if cursor is not None and not isinstance(cursor, str):

@@ -220,16 +220,18 @@ class ChannelTokens:
 
     def accepted(self, given: str, config_token: str, state: TokenState | None, now: float, channel: str = "") -> bool:
         """Whether ``given`` opens the channel: constant-time against each valid token (or hash)."""
-        if state is not None and state.hashed:
+        if state is None:
+            return _any_equal(given, [config_token])
+        rotated = [state.current] + ([state.previous] if state.previous and now < state.previous_expires_at else [])
+        if state.hashed:
             if not self._usable(state, channel):
                 return False
             if hmac.compare_digest(state.config_digest, self.hash(config_token)):
-                valid = [state.current] + ([state.previous] if state.previous and now < state.previous_expires_at else [])
-                return _any_equal(self.hash(given), valid)
+                return _any_equal(self.hash(given), rotated)
+            return _any_equal(given, [config_token])  # the config token changed since: it is in force
+        if state.config_digest != digest(config_token):
             return _any_equal(given, [config_token])
-        if state is None or state.config_digest != digest(config_token):
-            return _any_equal(given, [config_token])
-        return _any_equal(given, [state.current] + ([state.previous] if state.previous and now < state.previous_expires_at else []))
+        return _any_equal(given, rotated)
 
     def migrate(self, state: TokenState, config_token: str) -> TokenState:
         """The hashed form of a plain-text entry left by an older cwm (same tokens, same grace)."""
@@ -242,7 +244,9 @@ class ChannelTokens:
             key_id=self.key_id,
         )
 
-    def rotate(self, config_token: str, state: TokenState | None, now: float, grace_seconds: float) -> tuple[str, TokenState]:
+    def rotate(
+        self, config_token: str, state: TokenState | None, now: float, grace_seconds: float
+    ) -> tuple[str, TokenState]:
         """A new token (given once, to the caller) and the state to store: the one in force until
         now valid for the grace period."""
         config_digest = self.hash(config_token)

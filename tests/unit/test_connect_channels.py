@@ -111,7 +111,8 @@ def test_hashes_are_keyed() -> None:
 
 def test_a_plain_text_entry_of_an_older_cwm_still_works_and_hashes_the_same() -> None:
     legacy = TokenState.from_redis(
-        {"current": "ch_tok_new", "previous": "cfg", "previous_expires_at": repr(NOW + 60), "config_digest": digest("cfg")}
+        {"current": "ch_tok_new", "previous": "cfg", "previous_expires_at": repr(NOW + 60),
+         "config_digest": digest("cfg")}
     )
     assert legacy is not None and not legacy.hashed
     hashed = TOKENS.migrate(legacy, "cfg")
