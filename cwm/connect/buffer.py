@@ -657,5 +657,5 @@ class StreamBuffer:
         """Delete every dead letter of the channel; how many there were."""
         k = self.keys(channel)
         count = int(await self._redis.execute_command("XLEN", k.dead))
-        await self._redis.execute_command("DEL", k.dead)
+        await self._redis.execute_command("UNLINK", k.dead)  # freed in the background: up to dead_letter_max entries
         return count
