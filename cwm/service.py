@@ -95,6 +95,7 @@ def _connect_hub(settings: Settings, reactor: Any, parent: MultiService) -> Conn
     import txredisapi
 
     from cwm.connect.buffer import StreamBuffer
+    from cwm.connect.channels import token_key
     from cwm.connect.hub import CALL_TIMEOUT, ConnectHub
 
     address = settings.connect.redis
@@ -118,7 +119,8 @@ def _connect_hub(settings: Settings, reactor: Any, parent: MultiService) -> Conn
         return bool(factory.size) or factory.deferred is not None
 
     hub = ConnectHub(
-        StreamBuffer(commands, prefix, instance), StreamBuffer(reader, prefix, instance), reactor, instance, connected
+        StreamBuffer(commands, prefix, instance), StreamBuffer(reader, prefix, instance), reactor, instance, connected,
+        token_key=token_key(settings.connect.token_key, settings.connect.admin_token),
     )
     _ConnectService(hub, (commands, reader)).setServiceParent(parent)
     return hub

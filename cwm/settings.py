@@ -63,12 +63,15 @@ class ConnectSettings:
         key_prefix: Prefix of every Redis key (``WEBHOOK_CONNECT_KEY_PREFIX``).
         instance: This instance's consumer name in Redis; stable across
             restarts so a restarted instance gives back at once what it held.
+        token_key: ``WEBHOOK_CONNECT_TOKEN_KEY``, what rotated channel tokens
+            are hashed with in Redis; None: derived from ``admin_token``.
     """
 
     redis: RedisAddress
     admin_token: str | None = field(repr=False)
     key_prefix: str
     instance: str
+    token_key: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -405,6 +408,7 @@ def _connect_settings(source: _Source, listen: str) -> ConnectSettings:
         admin_token=token or None,
         key_prefix=source.get(None, "WEBHOOK_CONNECT_KEY_PREFIX", _redis_name, "cwm:wc"),
         instance=source.get(None, "WEBHOOK_CONNECT_INSTANCE_ID", _redis_name, _instance(listen)),
+        token_key=source.get(None, "WEBHOOK_CONNECT_TOKEN_KEY", str.strip, "", secret=True) or None,
     )
 
 

@@ -5,7 +5,8 @@ constant time (unset: 403, the API is off). ``/health`` needs no token. Counts
 come from Redis, so every instance answers the same; so do the connection
 lists (each instance keeps its connections listed there).
 
-Beyond upstream: dead-letter replay and purge, and a disconnect that reaches
+Beyond upstream: dead letters paged with ``cursor`` (each answer's
+``next_cursor``), dead-letter replay and purge, and a disconnect that reaches
 a connection held by another instance (202; that instance closes it within
 its next sweep).
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import re
 from typing import Any
 
 from klein import Klein
@@ -21,13 +23,24 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.web.iweb import IRequest
 
 from cwm.body import parse_body
-from cwm.connect.api import bearer, bounded_arg, channel_stats, not_initialized, request_header
+from cwm.connect.api import bearer, bounded_arg, channel_stats, not_enabled, query_arg, request_header
 from cwm.connect.hub import SWEEP_SECONDS, Channel, ConnectHub, iso
 from cwm.errors import HTTPError
 from cwm.web.errors import install_json_errors, json_answer
 
 DEFAULT_GRACE = 3600
 MAX_GRACE = 30 * 86400
+MAX_REPLAY = 1_000_000
+_DEAD_LETTER_ID = re.compile(r"[0-9]{1,19}-[0-9]{1,19}")
+
+
+def _cursor(value: str | None) -> str:
+    """A dead-letter cursor (a ``dead_letter_id``), checked before it reaches Redis; "" for none."""
+    if not value:
+        return ""
+    if not _DEAD_LETTER_ID.fullmatch(value):
+        raise HTTPError(422, "cursor: expected the next_cursor of an earlier answer")
+    return value
 
 
 def _json(request: IRequest, value: Any, status: int = 200) -> bytes:
@@ -62,6 +75,8 @@ class ConnectAdmin:
         return self.app.resource()
 
     def _admin(self, request: IRequest) -> ConnectHub:
+        if self._hub_or_none is None:
+            raise not_enabled()  # before any 403/401: with Webhook Connect off these routes do not exist
         if self._token is None:
             raise HTTPError(403, "Admin API disabled. Set WEBHOOK_CONNECT_ADMIN_TOKEN environment variable.")
         header = request_header(request, b"authorization")
@@ -69,8 +84,6 @@ class ConnectAdmin:
             raise HTTPError(401, "Missing authorization header")
         if not hmac.compare_digest(bearer(header).encode(), self._token.encode()):
             raise HTTPError(401, "Invalid admin token")
-        if self._hub_or_none is None:
-            raise not_initialized()
         return self._hub_or_none
 
     def _channel(self, request: IRequest, name: str) -> tuple[ConnectHub, Channel]:
@@ -83,7 +96,7 @@ class ConnectAdmin:
     @app.route("/health", methods=["GET"])
     def health(self, request: IRequest) -> bytes:
         if self._hub_or_none is None:
-            raise not_initialized()
+            raise not_enabled()
         status = self._hub_or_none.status()
         body = {"status": "healthy" if status["buffer"] else "unhealthy", **status,
                 "timestamp": iso(self._clock.seconds())}
@@ -142,6 +155,7 @@ class ConnectAdmin:
                 "max_connections": config.max_connections,
                 "heartbeat_interval_seconds": config.heartbeat_interval_seconds,
                 "forward_credentials": config.forward_credentials,
+                "dead_letter_max": config.dead_letter_max,
                 "created_at": iso(channel.created_at),
             },
             "stats": stats,
@@ -156,10 +170,10 @@ class ConnectAdmin:
         grace = body.get("grace_period_seconds", DEFAULT_GRACE)
         if isinstance(grace, bool) or not isinstance(grace, int) or not 0 <= grace <= MAX_GRACE:
             raise HTTPError(422, f"grace_period_seconds: expected a whole number from 0 to {MAX_GRACE}")
-        rotated = await hub.rotate(channel, grace)
+        new_token, rotated = await hub.rotate(channel, grace)
         return _json(request, {
             "channel": channel.name,
-            "new_token": rotated.current,
+            "new_token": new_token,
             "old_token_expires_at": iso(rotated.previous_expires_at),
             "message": f"Old token valid for {grace} seconds grace period",
         })
@@ -205,9 +219,12 @@ class ConnectAdmin:
     @app.route("/channels/<name>/dead-letters", methods=["GET"])
     async def dead_letters(self, request: IRequest, name: str) -> bytes:
         limit = bounded_arg(request, "limit", 100, 1, 1000)
+        cursor = _cursor(query_arg(request, "cursor"))
         hub, channel = self._channel(request, name)
-        letters = await hub.dead_letters(channel, limit)
-        return _json(request, {"channel": channel.name, "count": len(letters), "messages": letters})
+        letters, next_cursor = await hub.dead_letters(channel, limit, cursor)
+        return _json(
+            request, {"channel": channel.name, "count": len(letters), "messages": letters, "next_cursor": next_cursor}
+        )
 
     @app.route("/channels/<name>/dead-letters/replay", methods=["POST"])
     async def replay(self, request: IRequest, name: str) -> bytes:
@@ -218,8 +235,21 @@ class ConnectAdmin:
             ids = body["message_ids"]
             if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids) or len(ids) > 10_000:
                 raise HTTPError(422, "message_ids: expected a list of at most 10000 message ids")
-        replayed, missing = await hub.replay(channel, ids)
-        return _json(request, {"channel": channel.name, "replayed": replayed, "not_found": missing})
+        limit = (body or {}).get("limit")
+        if limit is not None and (
+            isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_REPLAY
+        ):
+            raise HTTPError(422, f"limit: expected a whole number from 1 to {MAX_REPLAY}")
+        cursor = (body or {}).get("cursor")
+        if cursor is not None and not isinstance(cursor, str):
+            raise HTTPError(422, "cursor: expected the next_cursor of an earlier answer")
+        replayed = await hub.replay(channel, ids, limit, _cursor(cursor))
+        return _json(request, {
+            "channel": channel.name,
+            "replayed": replayed.moved,
+            "not_found": replayed.not_found,
+            "next_cursor": replayed.next_cursor,
+        })
 
     @app.route("/channels/<name>/dead-letters", methods=["DELETE"])
     async def purge(self, request: IRequest, name: str) -> bytes:

@@ -32,8 +32,9 @@ from cwm.web.errors import install_json_errors, json_answer
 FULL_RETRY_AFTER = 5
 
 
-def not_initialized() -> HTTPError:
-    return HTTPError(503, "Webhook Connect not initialized")
+def not_enabled() -> HTTPError:
+    """With Webhook Connect off its routes do not exist: 404 (a 503 would invite retries)."""
+    return HTTPError(404, "Webhook Connect is not enabled")
 
 
 def channel_stats(channel: Channel, counts: ChannelCounts, connections: list[dict[str, Any]]) -> dict[str, Any]:
@@ -46,6 +47,7 @@ def channel_stats(channel: Channel, counts: ChannelCounts, connections: list[dic
         "messages_expired": counts.expired,
         "messages_dead_lettered": counts.dead_lettered,
         "dead_letters": counts.dead_letters,
+        "dead_letters_dropped": counts.dead_letters_dropped,
         "connected_clients": len(connections),
     }
 
@@ -177,7 +179,7 @@ class ConnectStreams:
 
     def _hub(self) -> ConnectHub:
         if self._hub_or_none is None:
-            raise not_initialized()
+            raise not_enabled()
         return self._hub_or_none
 
     async def _authorized(self, request: IRequest, name: str) -> tuple[ConnectHub, Channel, str]:
@@ -207,6 +209,7 @@ class ConnectStreams:
 
     @app.route("/stream/<channel>", methods=["GET"])
     async def websocket(self, request: IRequest, channel: str) -> Any:
+        self._hub()  # 404 when Webhook Connect is off, before any 426
         if (request_header(request, b"upgrade") or "").lower() != "websocket":
             raise HTTPError(426, "This is the WebSocket endpoint: upgrade to WebSocket", {"Upgrade": "websocket"})
         hub, found, token = await self._authorized(request, channel)
@@ -297,7 +300,7 @@ class ConnectStreams:
 
     @app.route("/status/<channel>", methods=["GET"])
     async def status(self, request: IRequest, channel: str) -> bytes:
-        self._hub()  # 503 when Webhook Connect is off, before any 401
+        self._hub()  # 404 when Webhook Connect is off, before any 401
         if not bearer(request_header(request, b"authorization")):
             raise HTTPError(401, "Missing authorization header")
         hub, found, _ = await self._authorized(request, channel)

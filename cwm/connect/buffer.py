@@ -11,7 +11,8 @@ Redis side and two cwm instances sharing a Redis never disagree:
 - ``give_back``: XACK + XDEL + XADD again at the tail with its delivery count
   raised (nack with retry, a connection that went away, an ack timeout), or
   into the channel's dead-letter stream once ``max_deliveries`` is reached or
-  when the nack said not to retry.
+  when the nack said not to retry. That stream keeps the channel's newest
+  ``dead_letter_max`` letters: older ones are dropped, and counted.
 - ``reclaim``: XAUTOCLAIM of messages in flight longer than the ack timeout,
   whichever instance read them (so an instance that died loses nothing);
   each is given back as a failed delivery.
@@ -30,6 +31,7 @@ from urllib.parse import unquote, urlsplit
 
 from twisted.internet.defer import Deferred
 
+from cwm.connect.channels import DEAD_LETTER_MAX
 from cwm.errors import ConfigError
 
 GROUP = "cwm"
@@ -90,6 +92,8 @@ if ARGV[4] == '1' or n >= tonumber(ARGV[3]) then
   local id = redis.call('XADD', KEYS[4], '*', 'mid', m['mid'], 'wid', m['wid'], 'seq', m['seq'],
     'n', n, 'env', m['env'], 'reason', ARGV[5], 'at', ARGV[6])
   settled(KEYS[2], 'dead_lettered', m['wid'])
+  local dropped = redis.call('XTRIM', KEYS[4], 'MAXLEN', ARGV[8])
+  if dropped > 0 then redis.call('HINCRBY', KEYS[2], 'dead_letters_dropped', dropped) end
   return {2, n, id}
 end
 local id = redis.call('XADD', KEYS[1], '*', 'mid', m['mid'], 'wid', m['wid'], 'exp', m['exp'],
@@ -167,6 +171,17 @@ settled(KEYS[2], 'expired', m['wid'])
 return 1
 """
 
+# Dead letters after ARGV[1] ('-': from the oldest) up to ARGV[2], at most
+# ARGV[3] of them: flat id, message id pairs (not the envelopes).
+_DEAD_IDS = _ENTRY + """
+local out = {}
+for _, e in ipairs(redis.call('XRANGE', KEYS[1], ARGV[1], ARGV[2], 'COUNT', ARGV[3])) do
+  table.insert(out, e[1])
+  table.insert(out, fields(e[2])['mid'])
+end
+return out
+"""
+
 _REPLAY = _ENTRY + """
 local moved = 0
 for i = 3, #ARGV do
@@ -180,6 +195,14 @@ for i = 3, #ARGV do
   end
 end
 return moved
+"""
+
+
+_STORE_TOKENS = """
+if ARGV[1] ~= '' and redis.call('HGET', KEYS[1], 'current') ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+return 1
 """
 
 
@@ -271,6 +294,7 @@ class ChannelCounts:
     dead_lettered: int
     dead_letters: int  # currently in the dead-letter stream
     pending_by_webhook: dict[str, int]
+    dead_letters_dropped: int = 0  # the oldest, past the channel's dead_letter_max
 
 
 class ChannelKeys:
@@ -302,6 +326,14 @@ class StreamBuffer:
         self._redis = redis
         self._prefix = prefix
         self.consumer = consumer
+        self._dead_letter_max: dict[str, int] = {}
+
+    def cap_dead_letters(self, channel: str, maximum: int | None) -> None:
+        """Keep at most ``maximum`` dead letters of the channel (None: the default)."""
+        if maximum is None:
+            self._dead_letter_max.pop(channel, None)
+        else:
+            self._dead_letter_max[channel] = maximum
 
     def keys(self, channel: str) -> ChannelKeys:
         return ChannelKeys(self._prefix, channel)
@@ -428,7 +460,10 @@ class StreamBuffer:
         state, deliveries, new_id = await self._redis.eval(
             _GIVE_BACK,
             [k.stream, k.counts, k.by_webhook, k.dead],
-            [GROUP, stream_id, str(max_deliveries), "1" if dead else "0", reason, repr(now), "1" if counted else "0"],
+            [
+                GROUP, stream_id, str(max_deliveries), "1" if dead else "0", reason, repr(now), "1" if counted else "0",
+                str(self._dead_letter_max.get(channel, DEAD_LETTER_MAX)),
+            ],
         )
         name = {0: "gone", 1: "requeued", 2: "dead_lettered"}[int(state)]
         return Outcome(name, int(deliveries), str(new_id))
@@ -534,9 +569,14 @@ class StreamBuffer:
         k = self.keys(channel)
         return _fields(await self._redis.execute_command("HGETALL", k.tokens) or [])
 
-    async def store_tokens(self, channel: str, fields: list[str]) -> None:
+    async def store_tokens(self, channel: str, fields: list[str], replacing: str = "") -> bool:
+        """Replace the channel's token fields (whole: no field of an older form stays behind).
+
+        With ``replacing``, only if the stored ``current`` field is still that
+        (a plain-text entry being hashed); False when it was not.
+        """
         k = self.keys(channel)
-        await self._redis.execute_command("HSET", k.tokens, *fields)
+        return int(await self._redis.eval(_STORE_TOKENS, [k.tokens], [replacing, *fields])) == 1
 
     async def counts(self, channel: str) -> ChannelCounts:
         k = self.keys(channel)
@@ -556,14 +596,22 @@ class StreamBuffer:
             dead_lettered=int(stats.get("dead_lettered", 0)),
             dead_letters=dead,
             pending_by_webhook={w: int(n) for w, n in by_webhook.items()},
+            dead_letters_dropped=int(stats.get("dead_letters_dropped", 0)),
         )
 
-    async def dead_letters(self, channel: str, limit: int = 100) -> list[dict[str, Any]]:
-        """The newest dead letters: each envelope with its id, reason, time and delivery count."""
+    async def dead_letters(
+        self, channel: str, limit: int = 100, before: str = ""
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        """One page of dead letters, newest first, older than ``before`` (a ``dead_letter_id``).
+
+        Each is the envelope with its id, reason, time and delivery count.
+        Returns the page and the cursor of the next (None: this was the last).
+        """
         k = self.keys(channel)
-        entries = await self._redis.execute_command("XREVRANGE", k.dead, "+", "-", "COUNT", str(limit))
+        start = f"({before}" if before else "+"
+        entries = await self._redis.execute_command("XREVRANGE", k.dead, start, "-", "COUNT", str(limit + 1))
         letters = []
-        for stream_id, flat in entries or []:
+        for stream_id, flat in (entries or [])[:limit]:
             f = _fields(flat)
             envelope = json.loads(f["env"])
             envelope.update(
@@ -576,40 +624,38 @@ class StreamBuffer:
                 }
             )
             letters.append(envelope)
-        return letters
+        more = len(entries or []) > limit
+        return letters, (letters[-1]["dead_letter_id"] if more else None)
 
-    async def replay(
-        self, channel: str, ttl_seconds: float, now: float, message_ids: list[str] | None = None
-    ) -> tuple[int, list[str]]:
-        """Move dead letters (all, or those with these message ids) back to the channel.
+    async def last_dead_letter(self, channel: str) -> str:
+        """The id of the newest dead letter ("" when there is none)."""
+        k = self.keys(channel)
+        entries = await self._redis.execute_command("XREVRANGE", k.dead, "+", "-", "COUNT", "1")
+        return str(entries[0][0]) if entries else ""
 
-        Returns how many moved and which of ``message_ids`` were not found.
+    async def dead_letter_ids(self, channel: str, after: str, until: str, count: int) -> list[tuple[str, str]]:
+        """(dead_letter_id, message_id) of up to ``count`` dead letters after ``after`` ("": from
+        the oldest) up to ``until``, oldest first; the envelopes stay in Redis."""
+        k = self.keys(channel)
+        flat = await self._redis.eval(_DEAD_IDS, [k.dead], [f"({after}" if after else "-", until, str(count)])
+        return [(str(flat[i]), str(flat[i + 1])) for i in range(0, len(flat or []) - 1, 2)]
+
+    async def replay(self, channel: str, dead_letter_ids: list[str], ttl_seconds: float, now: float) -> int:
+        """Move these dead letters back to the channel's queue; how many were still there.
+
         Each starts again with no deliveries and a fresh ``ttl_seconds``.
         """
+        if not dead_letter_ids:
+            return 0
         k = self.keys(channel)
-        entries = await self._redis.execute_command("XRANGE", k.dead, "-", "+")
-        by_message = {_fields(flat).get("mid", ""): str(stream_id) for stream_id, flat in entries or []}
-        missing: list[str] = []
-        if message_ids is None:
-            ids = list(by_message.values())
-        else:
-            ids = [by_message[m] for m in message_ids if m in by_message]
-            missing = [m for m in message_ids if m not in by_message]
-        moved = 0
-        for start in range(0, len(ids), 500):
-            batch = ids[start : start + 500]
-            moved += int(
-                await self._redis.eval(
-                    _REPLAY,
-                    [k.stream, k.counts, k.by_webhook, k.dead],
-                    [repr(now + ttl_seconds), "", *batch],
-                )
-            )
-        return moved, missing
+        moved = await self._redis.eval(
+            _REPLAY, [k.stream, k.counts, k.by_webhook, k.dead], [repr(now + ttl_seconds), "", *dead_letter_ids]
+        )
+        return int(moved)
 
     async def purge(self, channel: str) -> int:
         """Delete every dead letter of the channel; how many there were."""
         k = self.keys(channel)
         count = int(await self._redis.execute_command("XLEN", k.dead))
-        await self._redis.execute_command("DEL", k.dead)
+        await self._redis.execute_command("UNLINK", k.dead)  # freed in the background: up to dead_letter_max entries
         return count

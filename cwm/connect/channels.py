@@ -1,8 +1,9 @@
 """Channel settings from a ``webhook_connect`` module-config, and channel tokens.
 
 A channel's token starts as the config's ``channel_token``. A rotation (admin
-API) stores the new token, the previous one and when the previous one stops
-working in Redis, so it holds on every instance and across restarts; the
+API) stores keyed hashes of the new token and of the previous one, and when
+the previous one stops working, in Redis, so it holds on every instance and
+across restarts (the key is not in Redis: see ``token_key``); the
 config's token only takes over again if the config's own value changes after
 the rotation (the operator set a new one on purpose). A config reload that
 leaves ``channel_token`` alone never undoes a rotation (upstream's W-bug).
@@ -17,6 +18,8 @@ import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from twisted.logger import Logger
 
 from cwm.errors import ConfigError
 from cwm.modules._config import get_bool, reject_unknown_keys
@@ -36,9 +39,12 @@ _KEYS = frozenset(
         "max_message_size",
         "forward_credentials",
         "heartbeat_interval_seconds",
+        "dead_letter_max",
     }
 )
 MAX_MESSAGE_SIZE = 10 * 1024 * 1024
+DEAD_LETTER_MAX = 10_000
+"""Dead letters a channel keeps by default; older ones are dropped (and counted)."""
 
 
 @dataclass(frozen=True)
@@ -56,6 +62,7 @@ class ChannelConfig:
     max_message_size: int = MAX_MESSAGE_SIZE
     forward_credentials: bool = False
     heartbeat_interval_seconds: int = 30
+    dead_letter_max: int = DEAD_LETTER_MAX
 
 
 def _whole(config: Mapping[str, Any], key: str, default: int, low: int, high: int) -> int:
@@ -96,11 +103,12 @@ def parse_channel_config(config: Mapping[str, Any]) -> ChannelConfig:
         max_message_size=_whole(config, "max_message_size", MAX_MESSAGE_SIZE, 1024, 64 * 1024 * 1024),
         forward_credentials=forward,
         heartbeat_interval_seconds=_whole(config, "heartbeat_interval_seconds", 30, 1, 3600),
+        dead_letter_max=_whole(config, "dead_letter_max", DEAD_LETTER_MAX, 1, 1_000_000),
     )
 
 
 def digest(token: str) -> str:
-    """What is stored about a config token: enough to notice it changed, not to use it."""
+    """What an older cwm stored about a config token (plain SHA-256); read only, to migrate its entries."""
     return hashlib.sha256(token.encode()).hexdigest()
 
 
@@ -109,18 +117,52 @@ def new_token() -> str:
     return "ch_tok_" + secrets.token_hex(24)
 
 
+def token_key(explicit: str | None, admin_token: str | None) -> bytes | None:
+    """The key channel tokens are hashed with before they go to Redis (never stored there).
+
+    ``WEBHOOK_CONNECT_TOKEN_KEY`` when set, else one derived from the admin
+    token (rotation needs the admin API, so a deployment that can rotate has
+    one); None when neither is set. Every instance sharing the Redis must
+    have the same: a token hashed with another key opens nothing.
+    """
+    secret = explicit or admin_token
+    if not secret:
+        return None
+    return hmac.new(secret.encode(), b"cwm webhook-connect channel tokens", hashlib.sha256).digest()
+
+
 @dataclass(frozen=True)
 class TokenState:
-    """A channel's tokens as stored in Redis after a rotation (all text, as Redis returns it)."""
+    """A channel's tokens as stored in Redis after a rotation (all text, as Redis returns it).
+
+    ``current`` and ``previous`` are keyed hashes of the tokens, and
+    ``config_digest`` one of the config's token (to notice that it changed);
+    ``key_id`` names the key. An entry written by an older cwm has the tokens
+    themselves, a plain SHA-256 digest and no ``key_id`` (``""``): it is
+    still honoured, and hashed in place as soon as it is read.
+    """
 
     current: str = field(repr=False)
     previous: str = field(repr=False)
     previous_expires_at: float
     config_digest: str
+    key_id: str = ""
+
+    @property
+    def hashed(self) -> bool:
+        return bool(self.key_id)
 
     @classmethod
     def from_redis(cls, fields: Mapping[str, str]) -> TokenState | None:
         try:
+            if "current_hash" in fields:
+                return cls(
+                    current=fields["current_hash"],
+                    previous=fields.get("previous_hash", ""),
+                    previous_expires_at=float(fields.get("previous_expires_at", 0)),
+                    config_digest=fields["config_digest"],
+                    key_id=fields["key_id"] or "?",
+                )
             return cls(
                 current=fields["current"],
                 previous=fields.get("previous", ""),
@@ -131,35 +173,105 @@ class TokenState:
             return None
 
     def as_redis(self) -> list[str]:
+        """The fields of a hashed state (the only kind written)."""
+        assert self.hashed, "only hashed token states are stored"
         return [
-            "current", self.current,
-            "previous", self.previous,
+            "current_hash", self.current,
+            "previous_hash", self.previous,
             "previous_expires_at", repr(self.previous_expires_at),
             "config_digest", self.config_digest,
+            "key_id", self.key_id,
         ]
 
 
-def token_accepted(given: str, config_token: str, state: TokenState | None, now: float) -> bool:
-    """Whether ``given`` opens the channel: constant-time against each valid token."""
-    if state is None or state.config_digest != digest(config_token):
-        valid = [config_token]
-    else:
-        valid = [state.current]
-        if state.previous and now < state.previous_expires_at:
-            valid.append(state.previous)
+class ChannelTokens:
+    """Channel token checks and rotations, with tokens kept in Redis only as keyed hashes (HMAC-SHA256)."""
+
+    _log = Logger()
+
+    def __init__(self, key: bytes | None) -> None:
+        self._key = key
+        self.key_id = hmac.new(key, b"key id", hashlib.sha256).hexdigest()[:16] if key is not None else ""
+        self._warned: set[tuple[str, str]] = set()
+
+    @property
+    def can_hash(self) -> bool:
+        return self._key is not None
+
+    def hash(self, token: str) -> str:
+        if self._key is None:
+            raise RuntimeError("no key to hash channel tokens with (WEBHOOK_CONNECT_TOKEN_KEY)")
+        return hmac.new(self._key, token.encode(), hashlib.sha256).hexdigest()
+
+    def _usable(self, state: TokenState, channel: str) -> bool:
+        """Whether a hashed state was made with this key; logged once per channel and key when not."""
+        if state.key_id == self.key_id:
+            return True
+        if (channel, state.key_id) not in self._warned:
+            self._warned.add((channel, state.key_id))
+            self._log.warn(
+                "channel {channel!r}: its rotated tokens in Redis were hashed with another key (key id {key_id}):"
+                " no token opens it until WEBHOOK_CONNECT_TOKEN_KEY (or, without it, WEBHOOK_CONNECT_ADMIN_TOKEN)"
+                " is what it was, or its token is rotated again",
+                channel=channel,
+                key_id=state.key_id,
+            )
+        return False
+
+    def accepted(self, given: str, config_token: str, state: TokenState | None, now: float, channel: str = "") -> bool:
+        """Whether ``given`` opens the channel: constant-time against each valid token (or hash)."""
+        if state is None:
+            return _any_equal(given, [config_token])
+        rotated = [state.current] + ([state.previous] if state.previous and now < state.previous_expires_at else [])
+        if state.hashed:
+            if not self._usable(state, channel):
+                return False
+            if hmac.compare_digest(state.config_digest, self.hash(config_token)):
+                return _any_equal(self.hash(given), rotated)
+            return _any_equal(given, [config_token])  # the config token changed since: it is in force
+        if state.config_digest != digest(config_token):
+            return _any_equal(given, [config_token])
+        return _any_equal(given, rotated)
+
+    def migrate(self, state: TokenState, config_token: str) -> TokenState:
+        """The hashed form of a plain-text entry left by an older cwm (same tokens, same grace)."""
+        return TokenState(
+            current=self.hash(state.current),
+            previous=self.hash(state.previous) if state.previous else "",
+            previous_expires_at=state.previous_expires_at,
+            # An entry whose config token has changed since is void: keep it so.
+            config_digest=self.hash(config_token) if state.config_digest == digest(config_token) else "",
+            key_id=self.key_id,
+        )
+
+    def rotate(
+        self, config_token: str, state: TokenState | None, now: float, grace_seconds: float
+    ) -> tuple[str, TokenState]:
+        """A new token (given once, to the caller) and the state to store: the one in force until
+        now valid for the grace period."""
+        config_digest = self.hash(config_token)
+        if state is not None and not state.hashed:
+            state = self.migrate(state, config_token)
+        if state is None or (state.key_id == self.key_id and state.config_digest != config_digest):
+            in_force = config_digest  # the config's token (never rotated, or changed since)
+        elif state.key_id == self.key_id:
+            in_force = state.current
+        else:
+            in_force = ""  # made with another key: which token was in force is unknown
+        token = new_token()
+        return token, TokenState(
+            current=self.hash(token),
+            previous=in_force,
+            previous_expires_at=now + grace_seconds,
+            config_digest=config_digest,
+            key_id=self.key_id,
+        )
+
+
+def _any_equal(given: str, valid: list[str]) -> bool:
+    """Compares against every valid value, in constant time each, whatever matches first."""
     given_bytes = given.encode()
     accepted = False
-    for token in valid:
-        accepted |= hmac.compare_digest(given_bytes, token.encode())
+    for value in valid:
+        accepted |= hmac.compare_digest(given_bytes, value.encode())
     return accepted
-
-
-def rotate(config_token: str, state: TokenState | None, now: float, grace_seconds: float) -> TokenState:
-    """The state after a rotation: a new token, the one in force until now valid for the grace period."""
-    in_force = config_token if state is None or state.config_digest != digest(config_token) else state.current
-    return TokenState(
-        current=new_token(),
-        previous=in_force,
-        previous_expires_at=now + grace_seconds,
-        config_digest=digest(config_token),
-    )

@@ -43,7 +43,7 @@ from twisted.python.failure import Failure
 import txredisapi
 
 from cwm.connect.buffer import Buffered, ChannelCounts, StreamBuffer
-from cwm.connect.channels import ChannelConfig, TokenState, rotate, token_accepted
+from cwm.connect.channels import ChannelConfig, ChannelTokens, TokenState
 from cwm.modules.base import ModuleUnavailable
 from cwm.etcd.backoff import Backoff
 
@@ -65,6 +65,8 @@ CONSUMER_FORGOTTEN_MS = 24 * 3600 * 1000
 UNCONFIGURED_MAX_DELIVERIES = 1_000_000
 TICK_SECONDS = 1.0
 SWEEP_SECONDS = 5.0
+REPLAY_PAGE = 500
+"""Dead letters a replay scans (and moves) per Redis call, each call with its own timeout."""
 
 # Redis error replies that say "not now" rather than "wrong": worth a retry.
 _TRANSIENT = frozenset({"OOM", "LOADING", "BUSY", "READONLY", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN"})
@@ -101,6 +103,15 @@ def _position(stream_id: str) -> tuple[int, int]:
         return int(ms), int(seq or 0)
     except ValueError:
         return (-1, -1)
+
+
+@dataclass(frozen=True)
+class Replayed:
+    """What a dead-letter replay did; ``next_cursor`` is where one stopped by its limit goes on."""
+
+    moved: int
+    not_found: list[str]
+    next_cursor: str | None
 
 
 @dataclass
@@ -225,6 +236,7 @@ class ConnectHub:
         clock: IReactorTime,
         instance: str,
         connected: Callable[[], bool] = lambda: True,
+        token_key: bytes | None = None,
     ) -> None:
         """
         Args:
@@ -234,12 +246,15 @@ class ConnectHub:
             instance: this instance's consumer name in Redis.
             connected: whether the pool has a live Redis connection now (a
                 publish then fails at once instead of waiting for the timeout).
+            token_key: what rotated channel tokens are hashed with in Redis
+                (``channels.token_key``); None: no rotation.
         """
         self._buffer = buffer
         self._reader = reader
         self._clock = clock
         self.instance = instance
         self._connected = connected
+        self._tokens = ChannelTokens(token_key)
         self._channels: dict[str, Channel] = {}
         self._connections: dict[str, Connection] = {}
         self._running = False
@@ -300,6 +315,7 @@ class ConnectHub:
         channel.registrations.pop(owner, None)
         others = list(channel.registrations.values())
         channel.registrations[owner] = config
+        self._buffer.cap_dead_letters(config.name, config.dead_letter_max)
         if any(other != config for other in others):
             self._log.warn(
                 "channel {channel!r}: webhook {webhook_id!r} configures it differently from {others}; its settings apply",
@@ -319,6 +335,9 @@ class ConnectHub:
             if current is None or current.registrations.get(owner) is not config:
                 return
             del current.registrations[owner]
+            self._buffer.cap_dead_letters(
+                config.name, current.config.dead_letter_max if current.registrations else None
+            )
             if not current.registrations:
                 del self._channels[config.name]
                 for connection in list(current.connections.values()):
@@ -369,19 +388,32 @@ class ConnectHub:
     # -- tokens ----------------------------------------------------------------
 
     async def token_state(self, channel: Channel) -> TokenState | None:
-        return TokenState.from_redis(await self._call(self._buffer.tokens(channel.name)))
+        """The channel's rotated tokens; an entry an older cwm left in plain text is hashed in place."""
+        config_token = channel.config.token
+        state = TokenState.from_redis(await self._call(self._buffer.tokens(channel.name)))
+        if state is not None and not state.hashed and self._tokens.can_hash:
+            hashed = self._tokens.migrate(state, config_token)
+            # Only if the entry is still the one read (a rotation meanwhile wins).
+            if await self._call(self._buffer.store_tokens(channel.name, hashed.as_redis(), replacing=state.current)):
+                self._log.info("channel {channel!r}: rotated tokens found in plain text now stored hashed",
+                               channel=channel.name)
+            state = hashed
+        return state
 
     async def authorize(self, channel: Channel, token: str) -> bool:
         """Whether ``token`` opens ``channel`` now (the configured or rotated tokens)."""
         state = await self.token_state(channel)
-        return token_accepted(token, channel.config.token, state, self._clock.seconds())
+        return self._tokens.accepted(token, channel.config.token, state, self._clock.seconds(), channel.name)
 
-    async def rotate(self, channel: Channel, grace_seconds: float) -> TokenState:
-        """A new token for the channel, on every instance; the old one works for ``grace_seconds``."""
+    async def rotate(self, channel: Channel, grace_seconds: float) -> tuple[str, TokenState]:
+        """A new token for the channel, on every instance; the old one works for ``grace_seconds``.
+
+        Returns the new token (only its hash is stored) and the stored state.
+        """
         state = await self.token_state(channel)
-        rotated = rotate(channel.config.token, state, self._clock.seconds(), grace_seconds)
+        token, rotated = self._tokens.rotate(channel.config.token, state, self._clock.seconds(), grace_seconds)
         await self._call(self._buffer.store_tokens(channel.name, rotated.as_redis()))
-        return rotated
+        return token, rotated
 
     # -- publishing ----------------------------------------------------------
 
@@ -836,14 +868,47 @@ class ConnectHub:
         """Message counts of the channel, from Redis (every instance's)."""
         return await self._call(self._buffer.counts(channel.name))
 
-    async def dead_letters(self, channel: Channel, limit: int) -> list[dict[str, Any]]:
-        return await self._call(self._buffer.dead_letters(channel.name, limit))
+    async def dead_letters(
+        self, channel: Channel, limit: int, cursor: str = ""
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        """A page of dead letters, newest first, and the cursor of the next page (None: the last)."""
+        return await self._call(self._buffer.dead_letters(channel.name, limit, cursor))
 
-    async def replay(self, channel: Channel, message_ids: list[str] | None) -> tuple[int, list[str]]:
-        """Dead letters back to the queue (all, or these); (how many, ids not found)."""
-        return await self._call(
-            self._buffer.replay(channel.name, channel.config.ttl_seconds, self._clock.seconds(), message_ids)
-        )
+    async def replay(
+        self, channel: Channel, message_ids: list[str] | None, limit: int | None = None, cursor: str = ""
+    ) -> Replayed:
+        """Dead letters back to the queue: all, or those with these message ids; at most ``limit``.
+
+        Goes through the dead letters oldest first, ``REPLAY_PAGE`` per Redis
+        call (each under its own timeout), after ``cursor`` and up to the
+        newest one at the start: letters dead-lettered meanwhile wait for the
+        next replay, so a connector failing them again cannot keep it going.
+        """
+        name, ttl = channel.name, channel.config.ttl_seconds
+        wanted = None if message_ids is None else set(message_ids)
+        until = await self._call(self._buffer.last_dead_letter(name))
+        moved = 0
+        while until and cursor != until and (wanted is None or wanted):
+            page = await self._call(self._buffer.dead_letter_ids(name, cursor, until, REPLAY_PAGE))
+            if not page:
+                break
+            chosen = [(dead_id, mid) for dead_id, mid in page if wanted is None or mid in wanted]
+            budget = None if limit is None else limit - moved
+            cut = budget is not None and len(chosen) > budget
+            if cut:
+                chosen = chosen[:budget]
+            moved += await self._call(
+                self._buffer.replay(name, [dead_id for dead_id, _ in chosen], ttl, self._clock.seconds())
+            )
+            if wanted is not None:
+                wanted.difference_update(mid for _, mid in chosen)
+            cursor = chosen[-1][0] if cut else page[-1][0]
+            if len(page) < REPLAY_PAGE and not cut:
+                break
+            if limit is not None and moved >= limit and cursor != until:
+                return Replayed(moved, [], cursor)
+        missing = [m for m in message_ids if m in wanted] if message_ids is not None and wanted else []
+        return Replayed(moved, missing, None)
 
     async def clients(self, channel: Channel) -> list[dict[str, Any]]:
         """The channel's live connections on every instance."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import urlsplit
 
 from klein import Klein
 from twisted.internet.defer import CancelledError
@@ -11,6 +12,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
+from werkzeug.routing import RequestRedirect
 
 from cwm.errors import HTTPError
 from cwm.web.limits import json_error_bytes
@@ -45,6 +47,12 @@ def _routing_error(self: Any, request: IRequest, failure: Failure) -> bytes:
     headers: dict[str, str] = {}
     if code == 404:
         detail = "Not Found"
+    elif isinstance(error, RequestRedirect):
+        # werkzeug builds an absolute URL from the request's Host: send the path only
+        # (one leading slash: "//x" would be read as another host).
+        target = urlsplit(error.new_url)
+        headers["Location"] = "/" + target.path.lstrip("/") + (f"?{target.query}" if target.query else "")
+        detail = "Moved Permanently"
     elif isinstance(error, MethodNotAllowed):
         allowed = ", ".join(error.valid_methods or ())
         detail = f"Method {request.method.decode('ascii', 'replace')} not allowed; use {allowed}"

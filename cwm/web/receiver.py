@@ -86,11 +86,11 @@ class WebhookReceiver:
     def namespaced_webhook(self, request: IRequest, namespace: str, webhook_id: str) -> Deferred[bytes]:
         return self._serve(request, namespace, webhook_id)
 
-    @app.route("/connect/", branch=True)
+    @app.route("/connect/", branch=True, strict_slashes=False)
     def connect(self, request: IRequest) -> IResource:
         return self._connect
 
-    @app.route("/admin/webhook-connect/", branch=True)
+    @app.route("/admin/webhook-connect/", branch=True, strict_slashes=False)
     def connect_admin(self, request: IRequest) -> IResource:
         return self._connect_admin
 

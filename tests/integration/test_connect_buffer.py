@@ -110,7 +110,7 @@ async def test_nack_requeues_then_dead_letters_at_max_deliveries(buffers: tuple[
     counts = await a.counts("ch")
     assert (counts.queued, counts.in_flight, counts.dead_lettered, counts.dead_letters) == (0, 0, 1, 1)
     assert counts.pending_by_webhook == {}
-    [letter] = await a.dead_letters("ch")
+    [letter], _ = await a.dead_letters("ch")
     assert letter["message_id"] == "msg_0000000000000001" and letter["reason"] == "target answered 500"
     assert letter["delivery_count"] == 3
 
@@ -123,9 +123,9 @@ async def test_nack_without_retry_dead_letters_then_replay_and_purge(buffers: tu
         await publish(a, n)
     for _, m in await a.read({"ch": 3}):
         assert (await a.give_back("ch", m.stream_id, 5, "target answered 400", NOW, dead=True)).state == "dead_lettered"
-    letters = await a.dead_letters("ch")
+    letters, _ = await a.dead_letters("ch")
     assert [x["sequence"] for x in letters] == [3, 2, 1]
-    assert await a.replay("ch", 60, NOW, [letters[0]["message_id"], "msg_nope"]) == (1, ["msg_nope"])
+    assert await a.replay("ch", [letters[0]["dead_letter_id"], "1-0"], 60, NOW) == 1  # one still there
     [(_, again)] = await a.read({"ch": 5})
     assert again.sequence == 3 and again.delivery_count == 0 and again.expires_at == NOW + 60
     assert await a.purge("ch") == 2

@@ -186,7 +186,7 @@ async def test_websocket_nack_retry_redelivers_then_dead_letter_replay_and_purge
     assert counts(await stats(process, "ws")) == (0, 0, 0, 0, 1)
     code, body, _ = await admin(process, "POST", "/channels/ws/dead-letters/replay",
                                 {"message_ids": [first["message_id"], "msg_unknown"]})
-    assert (code, body) == (200, {"channel": "ws", "replayed": 1, "not_found": ["msg_unknown"]})
+    assert (code, body) == (200, {"channel": "ws", "replayed": 1, "not_found": ["msg_unknown"], "next_cursor": None})
     replayed = await ws.webhook()
     assert (replayed["message_id"], replayed["delivery_count"]) == (first["message_id"], 1)
     ws.nack(replayed["message_id"], retry=False)
@@ -427,7 +427,7 @@ async def test_admin_routes_and_auth(cloud: Cloud) -> None:
     code, s, _ = await admin(process, "GET", "/channels/channel-alpha/stats")
     assert code == 200 and s["connected_clients"] == 1 and s["messages_queued"] + s["messages_in_flight"] == 2
     code, body, _ = await admin(process, "GET", "/channels/channel-alpha/dead-letters?limit=5")
-    assert (code, body) == (200, {"channel": "channel-alpha", "count": 0, "messages": []})
+    assert (code, body) == (200, {"channel": "channel-alpha", "count": 0, "messages": [], "next_cursor": None})
     assert (await admin(process, "GET", "/channels/channel-alpha/dead-letters?limit=0"))[0] == 422
     code, body, _ = await admin(process, "GET", "/overview")
     assert code == 200 and body["total_channels"] == 2 and body["total_connections"] == 1

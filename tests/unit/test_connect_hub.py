@@ -37,6 +37,9 @@ class RecordingBuffer:
     async def tokens(self, channel: str) -> dict[str, str]:
         return {}
 
+    def cap_dead_letters(self, channel: str, maximum: int | None) -> None:
+        self.calls.append(("cap_dead_letters", channel, maximum))
+
     async def join(self, channel: str, cid: str, record: dict[str, Any], limit: int, now: float) -> bool:
         self.calls.append(("join", cid))
         return True

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import pytest
+from klein import Klein
 from treq.testing import StubTreq
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
@@ -17,6 +18,7 @@ from cwm.config.store import ConfigStore
 from cwm.errors import ConfigError
 from cwm.modules.base import ModuleContext, ModuleRefused, ModuleUnavailable, WebhookEvent
 from cwm.pipeline import WebhookPipeline
+from cwm.web.errors import install_json_errors
 from cwm.web.receiver import WebhookReceiver
 from cwm.connect.admin import ConnectAdmin
 from cwm.connect.api import ConnectStreams
@@ -192,23 +194,54 @@ def test_unknown_path_is_404_json(harness: Harness) -> None:
 
 
 @pytest.mark.parametrize(
-    "method, path, status, detail",
+    "method, path",
     [
-        ("GET", "/connect/stream/ch/sse", 503, "Webhook Connect not initialized"),
-        ("GET", "/connect/stream/ch/poll", 503, "Webhook Connect not initialized"),
-        ("POST", "/connect/ack?message_id=m", 503, "Webhook Connect not initialized"),
-        ("GET", "/admin/webhook-connect/health", 503, "Webhook Connect not initialized"),
-        (
-            "GET",
-            "/admin/webhook-connect/channels",
-            403,
-            "Admin API disabled. Set WEBHOOK_CONNECT_ADMIN_TOKEN environment variable.",
-        ),
+        ("GET", "/connect/stream/ch"),
+        ("GET", "/connect/stream/ch/sse"),
+        ("GET", "/connect/stream/ch/poll"),
+        ("POST", "/connect/ack?message_id=m"),
+        ("GET", "/connect/status/ch"),
+        ("GET", "/admin/webhook-connect/health"),
+        ("GET", "/admin/webhook-connect/channels"),
+        ("POST", "/admin/webhook-connect/channels/ch/rotate-token"),
     ],
 )
-def test_connect_routes_answer_503_when_off(harness: Harness, method: str, path: str, status: int, detail: str) -> None:
-    code, body, _ = harness.request(method, path)
-    assert (code, body) == (status, {"detail": detail})
+def test_connect_routes_answer_404_when_off(harness: Harness, method: str, path: str) -> None:
+    """With Webhook Connect off its routes do not exist: 404 before any auth, not a 503 inviting retries."""
+    code, body, headers = harness.request(method, path, headers={"Authorization": "Bearer x"})
+    assert (code, body) == (404, {"detail": "Webhook Connect is not enabled"})
+    assert not headers.hasHeader("Retry-After")
+
+
+@pytest.mark.parametrize("path", ["/connect", "/admin/webhook-connect", "/connect/", "/admin/webhook-connect/"])
+def test_connect_mount_points_are_404_json_and_reflect_no_host(harness: Harness, path: str) -> None:
+    d = harness.treq.request("GET", "http://evil.example:81" + path, allow_redirects=False)
+    harness.treq.flush()
+    response = _sync.successResultOf(d)
+    body = _sync.successResultOf(response.content())
+    assert (response.code, json.loads(body)) == (404, {"detail": "Not Found"})
+    assert b"evil" not in body and not response.headers.hasHeader("Location")
+
+
+def test_a_slash_redirect_sends_a_relative_location_and_no_host() -> None:
+    """werkzeug's redirect to a route's trailing slash names the path only, never the request's Host."""
+
+    class App:
+        app = Klein()
+
+        @app.route("/dir/", methods=["GET"])
+        def directory(self, request: Any) -> bytes:
+            return b"{}"
+
+    install_json_errors(App.app)
+    treq = StubTreq(App().app.resource())
+    d = treq.request("GET", "http://evil.example:81//dir", allow_redirects=False)
+    treq.flush()
+    response = _sync.successResultOf(d)
+    body = _sync.successResultOf(response.content())
+    assert response.code == 308 and json.loads(body) == {"detail": "Moved Permanently"}
+    assert response.headers.getRawHeaders("Location") == ["/dir/"]
+    assert b"evil" not in body
 
 
 def test_root_and_health(harness: Harness) -> None:
