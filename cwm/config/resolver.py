@@ -152,6 +152,19 @@ class SecretResolver:
             "unavailable": failing,
         }
 
+    def unreachable(self) -> dict[str, str]:
+        """Fields in use that cannot be read because Vault is unreachable (retryable errors), with the reason."""
+        return {
+            str(ref): getattr(secret.error, "reason", None) or type(secret.error).__name__
+            for ref, secret in sorted(self._secrets.items())
+            if secret.value is None and secret.error is not None and getattr(secret.error, "retryable", True)
+        }
+
+    @property
+    def in_use(self) -> int:
+        """How many Vault fields the configuration references now."""
+        return len(self._secrets)
+
     # -- reading --------------------------------------------------------------
 
     def _fresh(self, secret: _Secret) -> bool:
