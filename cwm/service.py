@@ -95,7 +95,7 @@ def _connect_hub(settings: Settings, reactor: Any, parent: MultiService, readine
         return None
     import txredisapi
 
-    from cwm.connect.buffer import StreamBuffer
+    from cwm.connect.buffer import StreamBuffer, redis_tls
     from cwm.connect.hub import CALL_TIMEOUT, ConnectHub
 
     address = settings.connect.redis
@@ -105,7 +105,7 @@ def _connect_hub(settings: Settings, reactor: Any, parent: MultiService, readine
         "dbid": address.db,
         "password": address.password,
         "username": address.username,
-        "ssl_context_factory": address.tls,
+        "ssl_context_factory": redis_tls(address, settings.connect.redis_ca_cert),
         "connectTimeout": CALL_TIMEOUT,
         "convertNumbers": False,
     }
