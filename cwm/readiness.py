@@ -14,7 +14,7 @@ none of them makes a call, so ``/ready`` answers at once.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -122,15 +122,18 @@ def connect_components(status: Mapping[str, Any], redis_connected: bool, last_er
     yield Component("webhook_connect", True)
 
 
-def vault_component(unreachable: Mapping[str, str], fields: int) -> Component:
-    """Vault, when the configuration references it: ready unless a field cannot be read because
-    Vault is unreachable (no answer, a timeout, 5xx). A field Vault answers "not found" or
-    "permission denied" for is a configuration problem of the entries that use it: those are
-    held back and shown in ``/health``, the others serve."""
+def vault_component(unreachable: Mapping[str, str], fields: int, not_read_yet: Sequence[str] = ()) -> Component:
+    """Vault, when the configuration references it: ready once every field in use has been read,
+    unless one cannot be read because Vault is unreachable (no answer, a timeout, 5xx). A field
+    Vault answers "not found" or "permission denied" for is a configuration problem of the
+    entries that use it: those are held back and shown in ``/health``, the others serve."""
     if fields == 0:
         return Component("vault", True, "not_referenced")
-    if not unreachable:
-        return Component("vault", True)
-    first = sorted(unreachable.items())[0]
-    reason = f"Vault unreachable for {len(unreachable)} field(s): {first[0]}: {first[1]}"
-    return Component("vault", False, "unreachable", reason)
+    if unreachable:
+        first = sorted(unreachable.items())[0]
+        reason = f"Vault unreachable for {len(unreachable)} field(s): {first[0]}: {first[1]}"
+        return Component("vault", False, "unreachable", reason)
+    if not_read_yet:
+        reason = f"{len(not_read_yet)} Vault field(s) not read yet: {sorted(not_read_yet)[0]}"
+        return Component("vault", False, "reading", reason)
+    return Component("vault", True)

@@ -232,7 +232,7 @@ def build_receiver(
     readiness.add(lambda: [config_component(store.loaded)])
     if secrets is not None:
         resolver = secrets
-        readiness.add(lambda: [vault_component(resolver.unreachable(), resolver.in_use)])
+        readiness.add(lambda: [vault_component(resolver.unreachable(), resolver.in_use, resolver.not_read_yet())])
     ModulesService(store, pools).setServiceParent(top)
     if settings.etcd is not None:
         source_status = _etcd_source(settings, store, reactor, top, readiness)

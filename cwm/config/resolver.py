@@ -160,6 +160,10 @@ class SecretResolver:
             if secret.value is None and secret.error is not None and getattr(secret.error, "retryable", True)
         }
 
+    def not_read_yet(self) -> list[str]:
+        """Fields in use whose first read has not answered yet."""
+        return [str(ref) for ref, s in sorted(self._secrets.items()) if s.value is None and s.error is None]
+
     @property
     def in_use(self) -> int:
         """How many Vault fields the configuration references now."""

@@ -210,13 +210,31 @@ def test_connect_read_failure_then_recovery() -> None:
 
 
 def vault_probe(w: World) -> Readiness:
-    return Readiness([lambda: [vault_component(w.resolver.unreachable(), w.resolver.in_use)]])
+    return Readiness(
+        [lambda: [vault_component(w.resolver.unreachable(), w.resolver.in_use, w.resolver.not_read_yet())]]
+    )
 
 
 def test_vault_not_referenced_is_ready() -> None:
     w = World()
     w.load({"plain": {"module": "log"}})
     assert vault_probe(w).check() == (True, [Component("vault", True, "not_referenced")])
+
+
+def test_vault_not_ready_until_the_first_read_answers() -> None:
+    """A field in use whose first read is still waiting: its entries cannot serve yet."""
+    w = World()
+    w.vault.hold = True
+    w.load({"a": BEARER})
+    w.turn()
+    ready, components = vault_probe(w).check()
+    assert not ready
+    assert components == [Component("vault", False, "reading", "1 Vault field(s) not read yet: app/auth#token")]
+    w.vault.hold = False
+    w.vault.answer_held()
+    w.http.flush()
+    w.turn()
+    assert vault_probe(w).check()[0] is True
 
 
 def test_vault_sealed_then_unsealed() -> None:
