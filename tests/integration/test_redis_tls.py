@@ -179,12 +179,12 @@ def servers(tmp_path: Path) -> Iterator[list[TlsRedis]]:
 
 
 def start(tmp_path: Path, servers: list[TlsRedis], cert: tuple[str, str], ca: str, query: str = "",
-          **env: str) -> tuple[TlsRedis, CwmProcess]:
+          host: str = "localhost", **env: str) -> tuple[TlsRedis, CwmProcess]:
     redis = TlsRedis(tmp_path / "redis", cert, ca)
     servers.append(redis)
     environ = {
         "WEBHOOK_CONNECT_ENABLED": "true",
-        "WEBHOOK_CONNECT_REDIS_URL": f"rediss://localhost:{redis.port}/0{query}",
+        "WEBHOOK_CONNECT_REDIS_URL": f"rediss://{host}:{redis.port}/0{query}",
         **env,
     }
     directory = tmp_path / "cwm"
@@ -208,10 +208,11 @@ def relay(process: CwmProcess) -> int:
     return process.post("/webhook/relay", {"n": 1})[0]
 
 
+@pytest.mark.parametrize("host", ["localhost", "127.0.0.1"])  # a DNS name, an address: both in the certificate
 def test_certificate_from_the_configured_ca_for_the_host_connects(
-    tmp_path: Path, servers: list[TlsRedis], certificates: Certificates
+    tmp_path: Path, servers: list[TlsRedis], certificates: Certificates, host: str
 ) -> None:
-    _, process = start(tmp_path, servers, certificates.good, certificates.trusted_ca,
+    _, process = start(tmp_path, servers, certificates.good, certificates.trusted_ca, host=host,
                        WEBHOOK_CONNECT_REDIS_CA_CERT=certificates.trusted_ca)
     try:
         wait_ready(process, 200)
