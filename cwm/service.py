@@ -21,6 +21,7 @@ from cwm.config.files import FileConfigSource
 from cwm.config.store import ConfigStore
 from cwm.modules.runtime import ModulesService, module_context
 from cwm.pipeline import WebhookPipeline
+from cwm.readiness import Readiness, config_component, connect_components, etcd_component, vault_component
 from cwm.settings import ReceiverOptions, Settings
 from cwm.web.limits import LimitedSite
 from cwm.web.receiver import WebhookReceiver
@@ -88,13 +89,13 @@ class _ConnectService(Service):
         return self._hub.stop().addCallback(disconnect)
 
 
-def _connect_hub(settings: Settings, reactor: Any, parent: MultiService) -> ConnectHub | None:
+def _connect_hub(settings: Settings, reactor: Any, parent: MultiService, readiness: Readiness) -> ConnectHub | None:
     """Webhook Connect's hub over two Redis connections (commands, the blocking read), or None when off."""
     if settings.connect is None:
         return None
     import txredisapi
 
-    from cwm.connect.buffer import StreamBuffer
+    from cwm.connect.buffer import StreamBuffer, redis_tls
     from cwm.connect.channels import token_key
     from cwm.connect.hub import CALL_TIMEOUT, ConnectHub
 
@@ -105,7 +106,7 @@ def _connect_hub(settings: Settings, reactor: Any, parent: MultiService) -> Conn
         "dbid": address.db,
         "password": address.password,
         "username": address.username,
-        "ssl_context_factory": address.tls,
+        "ssl_context_factory": redis_tls(address, settings.connect.redis_ca_cert),
         "connectTimeout": CALL_TIMEOUT,
         "convertNumbers": False,
     }
@@ -123,6 +124,9 @@ def _connect_hub(settings: Settings, reactor: Any, parent: MultiService) -> Conn
         token_key=token_key(settings.connect.token_key, settings.connect.admin_token),
     )
     _ConnectService(hub, (commands, reader)).setServiceParent(parent)
+    # Ready only with a live Redis connection: ``connected()`` is also true while the
+    # pool still makes its first one, which lasts as long as Redis is down at start-up.
+    readiness.add(lambda: connect_components(hub.status(), bool(factory.size), hub.last_error))
     return hub
 
 
@@ -174,7 +178,9 @@ def _file_source(
     return status
 
 
-def _etcd_source(settings: Settings, store: ConfigStore, reactor: Any, parent: MultiService) -> StatusParts:
+def _etcd_source(
+    settings: Settings, store: ConfigStore, reactor: Any, parent: MultiService, readiness: Readiness
+) -> StatusParts:
     from cwm.config.etcd import EtcdConfigSource
     from cwm.etcd import client as etcd_client
     from cwm.etcd.instances import InstanceRegistration, instance_record
@@ -195,6 +201,7 @@ def _etcd_source(settings: Settings, store: ConfigStore, reactor: Any, parent: M
         new_client, reactor, etcd.prefix, instance_record(settings.listen, reactor.seconds())
     )
     registration.setServiceParent(parent)
+    readiness.add(lambda: [etcd_component(source.health, mirror.reason)])
 
     def status() -> tuple[dict[str, Any], dict[str, Any]]:
         components = {
@@ -216,16 +223,21 @@ def build_receiver(
 ) -> tuple[MultiService, WebhookReceiver, LimitedSite]:
     """Wire the receiver from its settings; returns the tree and its web parts."""
     top = MultiService()
+    readiness = Readiness()
     # Started in this order, stopped in reverse: the listener stops first,
     # then the configuration source, then every module closes, then Webhook
     # Connect's streams and Redis, then Vault.
     secrets = _secrets(settings, reactor, top)
-    hub = _connect_hub(settings, reactor, top)
+    hub = _connect_hub(settings, reactor, top, readiness)
     context, pools = module_context(reactor, stdout, settings.working_dir, connect=hub)
     store = ConfigStore(context, environ, secrets=secrets)
+    readiness.add(lambda: [config_component(store.loaded)])
+    if secrets is not None:
+        resolver = secrets
+        readiness.add(lambda: [vault_component(resolver.unreachable(), resolver.in_use, resolver.not_read_yet())])
     ModulesService(store, pools).setServiceParent(top)
     if settings.etcd is not None:
-        source_status = _etcd_source(settings, store, reactor, top)
+        source_status = _etcd_source(settings, store, reactor, top, readiness)
     else:
         source_status = _file_source(settings, store, reactor, top, install_reload_signal)
     pipeline = WebhookPipeline(
@@ -263,6 +275,7 @@ def build_receiver(
         health,
         ConnectStreams(hub, reactor).resource(),
         ConnectAdmin(hub, admin_token, reactor).resource(),
+        readiness,
     )
     site = LimitedSite(receiver.resource(), settings.max_body_bytes, reactor)
     StreamServerEndpointService(serverFromString(reactor, settings.listen), site).setServiceParent(top)

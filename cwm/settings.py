@@ -65,6 +65,9 @@ class ConnectSettings:
             restarts so a restarted instance gives back at once what it held.
         token_key: ``WEBHOOK_CONNECT_TOKEN_KEY``, what rotated channel tokens
             are hashed with in Redis; None: derived from ``admin_token``.
+        redis_ca_cert: ``WEBHOOK_CONNECT_REDIS_CA_CERT``: a PEM file of the CA
+            certificates a ``rediss://`` server must chain to, instead of the
+            system's roots.
     """
 
     redis: RedisAddress
@@ -72,6 +75,7 @@ class ConnectSettings:
     key_prefix: str
     instance: str
     token_key: str | None = field(default=None, repr=False)
+    redis_ca_cert: str | None = None
 
 
 @dataclass(frozen=True)
@@ -232,7 +236,7 @@ def parse_settings(
     return Settings(
         etcd=_etcd_settings(source, cwd) if backend == "etcd" else None,
         vault=_vault_settings(source, cwd) if _vault_enabled(source) else None,
-        connect=_connect_settings(source, listen)
+        connect=_connect_settings(source, listen, cwd)
         if source.get(None, "WEBHOOK_CONNECT_ENABLED", boolean, False)
         else None,
         listen=listen,
@@ -397,7 +401,7 @@ def _vault_settings(source: _Source, cwd: str) -> VaultSettings:
     )
 
 
-def _connect_settings(source: _Source, listen: str) -> ConnectSettings:
+def _connect_settings(source: _Source, listen: str, cwd: str) -> ConnectSettings:
     # The URLs may hold a password and the token is one: never repeated in an error.
     redis = source.get(None, "WEBHOOK_CONNECT_REDIS_URL", parse_redis_url, None, secret=True)
     if redis is None:  # REDIS_URL only as the fallback: it is not read when not used
@@ -409,6 +413,7 @@ def _connect_settings(source: _Source, listen: str) -> ConnectSettings:
         key_prefix=source.get(None, "WEBHOOK_CONNECT_KEY_PREFIX", _redis_name, "cwm:wc"),
         instance=source.get(None, "WEBHOOK_CONNECT_INSTANCE_ID", _redis_name, _instance(listen)),
         token_key=source.get(None, "WEBHOOK_CONNECT_TOKEN_KEY", str.strip, "", secret=True) or None,
+        redis_ca_cert=source.get(None, "WEBHOOK_CONNECT_REDIS_CA_CERT", readable_file(cwd), None),
     )
 
 

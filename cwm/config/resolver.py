@@ -152,6 +152,23 @@ class SecretResolver:
             "unavailable": failing,
         }
 
+    def unreachable(self) -> dict[str, str]:
+        """Fields in use that cannot be read because Vault is unreachable (retryable errors), with the reason."""
+        return {
+            str(ref): getattr(secret.error, "reason", None) or type(secret.error).__name__
+            for ref, secret in sorted(self._secrets.items())
+            if secret.value is None and secret.error is not None and getattr(secret.error, "retryable", True)
+        }
+
+    def not_read_yet(self) -> list[str]:
+        """Fields in use whose first read has not answered yet."""
+        return [str(ref) for ref, s in sorted(self._secrets.items()) if s.value is None and s.error is None]
+
+    @property
+    def in_use(self) -> int:
+        """How many Vault fields the configuration references now."""
+        return len(self._secrets)
+
     # -- reading --------------------------------------------------------------
 
     def _fresh(self, secret: _Secret) -> bool:

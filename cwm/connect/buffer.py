@@ -27,12 +27,16 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
+from twisted.logger import Logger
 
 from cwm.connect.channels import DEAD_LETTER_MAX
 from cwm.errors import ConfigError
+
+_log = Logger(namespace="cwm.connect.buffer")
 
 GROUP = "cwm"
 
@@ -216,13 +220,18 @@ class RedisAddress:
     password: str | None
     username: str | None
     tls: bool
+    verify: bool = True
+    """With ``tls``: check the certificate and host name (``?ssl_cert_reqs=none`` turns it off)."""
 
     def __repr__(self) -> str:
-        return f"RedisAddress({self.host}:{self.port}/{self.db}, tls={self.tls})"
+        return f"RedisAddress({self.host}:{self.port}/{self.db}, tls={self.tls}, verify={self.verify})"
 
 
 def parse_redis_url(url: str) -> RedisAddress:
     """``redis://[[user]:password@]host[:port][/db]``; ``rediss://`` for TLS.
+
+    With ``rediss://`` the certificate and host name are checked unless the
+    query says ``ssl_cert_reqs=none`` (``required``, the default, checks).
 
     Raises:
         ConfigError: not such a URL (the message never repeats a password).
@@ -236,6 +245,9 @@ def parse_redis_url(url: str) -> RedisAddress:
         db = int(db_text)
     except ValueError:
         raise ConfigError("expected a redis://host:port/db URL with numeric port and db") from None
+    cert_reqs = [v.strip().lower() for v in parse_qs(parts.query).get("ssl_cert_reqs", [])]
+    if any(v not in ("none", "required") for v in cert_reqs):
+        raise ConfigError("ssl_cert_reqs: expected none or required")
     return RedisAddress(
         host=parts.hostname,
         port=port,
@@ -243,7 +255,41 @@ def parse_redis_url(url: str) -> RedisAddress:
         password=unquote(parts.password) if parts.password else None,
         username=unquote(parts.username) if parts.username else None,
         tls=parts.scheme == "rediss",
+        verify="none" not in cert_reqs,
     )
+
+
+def redis_tls(address: RedisAddress, ca_cert: str | None) -> IOpenSSLClientConnectionCreator | None:
+    """What txredisapi's ``ssl_context_factory`` takes for ``address``: None without TLS.
+
+    With TLS the certificate must chain to the system roots, or to the
+    certificates of the PEM file ``ca_cert`` when given, and name the host
+    of the URL (Twisted's ``optionsForClientTLS`` checks both). With
+    ``ssl_cert_reqs=none`` nothing is checked, and a warning says so.
+    Reads ``ca_cert``: for start-up only.
+
+    Raises:
+        ConfigError: ``ca_cert`` cannot be read or holds no certificate.
+    """
+    if not address.tls:
+        return None
+    from twisted.internet import ssl
+
+    from cwm.config.vault import UnverifiedConnections, load_ca_bundle
+
+    if not address.verify:
+        _log.warn(
+            "Webhook Connect's Redis URL says ssl_cert_reqs=none: the certificate of {host} is not checked, "
+            "so a machine in the middle could read and change the webhooks",
+            host=address.host,
+        )
+        return UnverifiedConnections(ssl.CertificateOptions(verify=False), address.host.encode("idna"))
+    trust = (
+        ssl.trustRootFromCertificates(load_ca_bundle(ca_cert, "WEBHOOK_CONNECT_REDIS_CA_CERT"))
+        if ca_cert
+        else ssl.platformTrust()
+    )
+    return ssl.optionsForClientTLS(address.host, trustRoot=trust)
 
 
 @dataclass(frozen=True)

@@ -9,10 +9,12 @@ from typing import Any
 from klein import Klein
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource
 
 from cwm.pipeline import OK, Answer, WebhookPipeline
+from cwm.readiness import RETRY_AFTER, Readiness, readiness_body
 from cwm.request import InboundRequest
 from cwm.web.errors import install_json_errors, json_answer
 
@@ -44,6 +46,7 @@ class WebhookReceiver:
     """Routes of ``twistd cwm``; each reads the request, calls one method, answers."""
 
     app = Klein()
+    _log = Logger()
 
     def __init__(
         self,
@@ -52,13 +55,16 @@ class WebhookReceiver:
         health: Callable[[], tuple[bool, Mapping[str, Any]]],
         connect: IResource,
         connect_admin: IResource,
+        readiness: Readiness | None = None,
     ) -> None:
-        """``connect`` and ``connect_admin`` serve ``/connect/`` and ``/admin/webhook-connect/``."""
+        """``connect`` and ``connect_admin`` serve ``/connect/`` and ``/admin/webhook-connect/``;
+        ``readiness`` answers ``/ready`` (none: always ready)."""
         self._pipeline = pipeline
         self._clock = clock
         self._health = health
         self._connect = connect
         self._connect_admin = connect_admin
+        self._readiness = readiness if readiness is not None else Readiness()
 
     def resource(self) -> Any:
         return self.app.resource()
@@ -69,7 +75,13 @@ class WebhookReceiver:
 
     @app.route("/health", methods=["GET"])
     def health(self, request: IRequest) -> bytes:
-        healthy, components = self._health()
+        """Liveness: 200 while the process serves, whatever its backends say; 503 only when it cannot."""
+        try:
+            healthy, components = self._health()
+        except Exception:
+            # The configuration's state cannot even be read: this process cannot serve.
+            self._log.failure("GET /health: the state of the configuration cannot be read")
+            healthy, components = False, {"components": {"config_manager": "unhealthy"}}
         body = {
             "status": "healthy" if healthy else "unhealthy",
             "service": SERVICE_NAME,
@@ -77,6 +89,16 @@ class WebhookReceiver:
         }
         body.update(components)
         return json_answer(request, 200 if healthy else 503, json.dumps(body).encode())
+
+    @app.route("/ready", methods=["GET"])
+    def ready(self, request: IRequest) -> bytes:
+        """Readiness: 200 when the configuration is loaded and every backend in use is reachable."""
+        ready, components = self._readiness.check()
+        body = readiness_body(ready, components, SERVICE_NAME, self._clock.seconds())
+        headers = {"Cache-Control": "no-store"}
+        if not ready:
+            headers["Retry-After"] = str(RETRY_AFTER)
+        return json_answer(request, 200 if ready else 503, json.dumps(body).encode(), headers)
 
     @app.route("/webhook/<webhook_id>", methods=["POST"])
     def webhook(self, request: IRequest, webhook_id: str) -> Deferred[bytes]:

@@ -257,7 +257,8 @@ start_cwm() {
     shift 5
     start_process "$name" "$dir" "$@" -- "$TWISTD" --pidfile= -n cwm --listen "tcp:$port:interface=127.0.0.1" \
         --webhooks "$webhooks" --connections "$connections"
-    wait_http "http://127.0.0.1:$port/health" 30
+    # Ready (as the image's HEALTHCHECK that compose's depends_on waits for), not only alive.
+    wait_http "http://127.0.0.1:$port/ready" 30
 }
 
 # start_connector NAME DIR ENV=... [-- EXTRA ARGS]

@@ -108,9 +108,21 @@ def _target_instructions(target: str) -> list[tuple[str, str]]:
     return chain
 
 
-def _has_healthcheck(target: str) -> bool:
+def _healthcheck(target: str) -> str:
+    """The arguments of the HEALTHCHECK a target runs ("" when none)."""
     checks = [args for keyword, args in _target_instructions(target) if keyword == "HEALTHCHECK"]
-    return bool(checks) and checks[-1].upper() != "NONE"
+    return checks[-1] if checks else ""
+
+
+def _has_healthcheck(target: str) -> bool:
+    check = _healthcheck(target)
+    return bool(check) and check.upper() != "NONE"
+
+
+def test_receiver_healthcheck_is_readiness() -> None:
+    """The receiver image's healthcheck asks /ready (a backend in use down: unhealthy), not /health (liveness)."""
+    check = _healthcheck("cwm")
+    assert "127.0.0.1:8000/ready" in check and "/health" not in check, check
 
 
 def test_dockerfile_targets() -> None:
@@ -169,6 +181,10 @@ def test_compose_file_images_and_healthchecks(path: Path) -> None:
         if ":" not in image.rsplit("/", 1)[-1] or image.endswith(":latest"):
             problems.append(f"{name}: image {image!r} has no pinned tag")
         healthcheck = service.get("healthcheck")
+        receiver = target == "cwm" if build is not None else image == CWM_IMAGES["cwm"]
+        if receiver and healthcheck is not None and not service.get("entrypoint"):
+            if "/ready" not in json.dumps(healthcheck.get("test")):
+                problems.append(f"{name}: the receiver's healthcheck does not ask /ready (readiness)")
         if healthcheck is not None and healthcheck.get("disable"):
             problems.append(f"{name}: healthcheck disabled")
         elif healthcheck is None and not covered:

@@ -380,12 +380,15 @@ def test_client_disconnect_lets_delivery_finish(harness: Harness) -> None:
 def test_unexpected_error_is_500_json_without_traceback(harness: Harness, logged_failures: list[Any]) -> None:
     """A bug behind a route answers 500 with a generic detail; the traceback only goes to the log."""
 
-    def broken() -> tuple[bool, Mapping[str, Any]]:
-        raise KeyError("internal detail")
+    class BrokenPipeline:
+        def handle(self, *args: Any) -> Any:
+            raise KeyError("internal detail")
 
-    receiver = WebhookReceiver(harness.pipeline, harness.clock, broken, *connect_off(harness.clock))
+    receiver = WebhookReceiver(
+        BrokenPipeline(), harness.clock, lambda: (True, {}), *connect_off(harness.clock)  # type: ignore[arg-type]
+    )
     treq = StubTreq(receiver.resource())
-    response = _sync.successResultOf(treq.get("http://cwm.test/health"))
+    response = _sync.successResultOf(treq.post("http://cwm.test/webhook/x", data=b"{}"))
     body = _sync.successResultOf(response.content())
     assert (response.code, json.loads(body)) == (500, {"detail": "Internal server error"})
     assert b"internal detail" not in body and b"Traceback" not in body

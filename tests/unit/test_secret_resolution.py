@@ -38,7 +38,8 @@ class World:
         self.vault.create_token(token=ROOT)
         self.vault.put_secret("app/auth", {"token": V1, "hmac": "h1"})
         settings = VaultSettings(addr=ADDR, token=ROOT, cache_ttl=ttl, **vault)
-        self.client = VaultClient(settings, StubTreq(self.vault.resource()), self.clock)
+        self.http = StubTreq(self.vault.resource())
+        self.client = VaultClient(settings, self.http, self.clock)
         self.resolver = SecretResolver(
             self.client, self.clock, ttl=ttl, random_fraction=lambda: 1.0
         )
