@@ -6,7 +6,9 @@
   ``Last-Event-ID`` takes over what the previous stream had sent.
 - ``GET /connect/stream/{channel}/poll``: long-poll; what it returns stays
   in flight until acked (or until the ack timeout), so it can be acked.
-- ``POST /connect/ack`` and ``GET /connect/status/{channel}``.
+- ``POST /connect/ack`` (query parameters or a JSON body), on any instance:
+  one that does not hold the stream settles the message in Redis by its id;
+  and ``GET /connect/status/{channel}``.
 
 The channel token comes from ``Authorization: Bearer`` or ``?token=`` (the
 header wins). Every refusal is JSON with the reason: 401 token, 404 channel,
@@ -323,13 +325,7 @@ class ConnectStreams:
                 if not hmac.compare_digest(token.encode(), connection.token.encode()):
                     if channel is None or not await hub.authorize(channel, token):
                         raise HTTPError(401, "Invalid token")
-                try:
-                    outcome = await hub.settle(connection, message_id, ack, retry, reason)
-                except NotInFlight:
-                    if channel is None:
-                        raise
-                    # Sent on another connection (e.g. before a reconnect), or given back meanwhile.
-                    outcome = await hub.settle_by_id(channel, message_id, ack, retry, reason)
+                outcome = await hub.settle_anywhere(connection, message_id, ack, retry, reason)
         except NotInFlight:
             raise HTTPError(404, "Message not in flight") from None
         body = {"status": "ok", "message_id": message_id, "outcome": outcome}

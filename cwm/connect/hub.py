@@ -693,6 +693,18 @@ class ConnectHub:
             self._capacity_changed(channel)
         return outcome
 
+    async def settle_anywhere(self, connection: Connection, message_id: str, ack: bool, retry: bool = True,
+                              reason: str = "") -> str:
+        """``settle`` on the connection; for a message it does not hold (sent on an earlier
+        connection, or given back meanwhile), ``settle_by_id`` on its channel."""
+        try:
+            return await self.settle(connection, message_id, ack, retry, reason)
+        except NotInFlight:
+            channel = self._channels.get(connection.channel)
+            if channel is None:
+                raise
+            return await self.settle_by_id(channel, message_id, ack, retry, reason)
+
     async def settle_by_id(self, channel: Channel, message_id: str, ack: bool, retry: bool = True,
                            reason: str = "") -> str:
         """Ack or nack a message of the channel by its id, whichever connection or instance holds it.

@@ -67,7 +67,8 @@ class ChannelSocket(WebSocketServerProtocol):
             retry = frame.get("retry", True)
             reason = frame.get("reason") if isinstance(frame.get("reason"), str) else ""
             d = Deferred.fromCoroutine(
-                f.hub.settle(f.connection, frame["message_id"], kind == "ack", retry is not False, reason[:200])
+                f.hub.settle_anywhere(f.connection, frame["message_id"], kind == "ack", retry is not False,
+                                      reason[:200])
             )
             d.addErrback(self._settle_failed, frame["message_id"])
         elif kind != "heartbeat":
