@@ -88,27 +88,28 @@ MAX_ACK_BODY = 64 * 1024
 
 
 def _ack_fields(request: IRequest) -> dict[str, str]:
-    """``message_id``, ``status``, ``retry`` and ``reason`` of an ack: query parameters, or a
-    JSON object body (``{"message_id": ..., "status": ..., "retry": true}``) for those not in the query."""
-    fields: dict[str, str] = {}
+    """``message_id``, ``status``, ``retry`` and ``reason`` of an ack: from the query (as
+    upstream's connectors send them), or, when the query has no ``message_id``, from a JSON
+    object body (``{"message_id": ..., "status": "ack", "retry": true}``)."""
+    names = ("message_id", "status", "retry", "reason")
+    if query_arg(request, "message_id") is not None:
+        return {name: value for name in names if (value := query_arg(request, name)) is not None}
     content = request.content
     raw = content.read(MAX_ACK_BODY + 1) if content is not None else b""
     if len(raw) > MAX_ACK_BODY:
         raise HTTPError(413, f"An ack body is at most {MAX_ACK_BODY} bytes")
-    if raw.strip():
-        body = parse_body("json", raw, request_header(request, b"content-type"))
-        if not isinstance(body, dict):
-            raise HTTPError(422, "The body must be a JSON object")
-        for name in ("message_id", "status", "retry", "reason"):
-            value = body.get(name)
-            if isinstance(value, bool):
-                value = "true" if value else "false"
-            if value is not None and not isinstance(value, str):
-                raise HTTPError(422, f"{name}: expected a string")
-            if value is not None:
-                fields[name] = value
-    for name in ("message_id", "status", "retry", "reason"):
-        value = query_arg(request, name)
+    if not raw.strip():
+        return {name: value for name in names if (value := query_arg(request, name)) is not None}
+    body = parse_body("json", raw, request_header(request, b"content-type"))
+    if not isinstance(body, dict):
+        raise HTTPError(422, "The body must be a JSON object")
+    fields: dict[str, str] = {}
+    for name in names:
+        value = body.get(name)
+        if isinstance(value, bool):
+            value = "true" if value else "false"
+        if value is not None and not isinstance(value, str):
+            raise HTTPError(422, f"{name}: expected a string")
         if value is not None:
             fields[name] = value
     return fields

@@ -84,6 +84,13 @@ def test_ack_takes_a_json_body_as_well_as_query_parameters() -> None:
         422, {"detail": "message_id: required (query parameter or JSON body)"})
     assert post_ack(hub, clock, connection.id, body={"message_id": 5})[0] == 422
     assert post_ack(hub, clock, connection.id, body=["msg_1"]) == (422, {"detail": "The body must be a JSON object"})
+    # With message_id in the query, the query is the ack (whatever a client put in the body).
+    buffer.answer(message(3))
+    client = StubTreq(ConnectStreams(hub, clock).resource())
+    sent = client.post("http://cwm/ack?message_id=msg_3", data=b"message_id=msg_3&status=ack",
+                       headers={"X-Connection-ID": connection.id, "Authorization": "Bearer t",
+                                "Content-Type": "application/x-www-form-urlencoded"})
+    assert answer(sent) == (200, {"status": "ok", "message_id": "msg_3", "outcome": "acked"})
     hub.stop()
 
 
