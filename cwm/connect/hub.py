@@ -773,7 +773,11 @@ class ConnectHub:
                 try:
                     gone = await self._call(self._buffer.not_pending(channel.name, list(held)))
                 except ConnectUnavailable:
-                    return
+                    return  # tried again next tick
+                except txredisapi.ResponseError as e:
+                    if "NOGROUP" in str(e):
+                        return  # the stream is gone (Redis emptied): the read loop makes it again
+                    raise
                 for stream_id in gone:
                     connection, message_id = held[stream_id]
                     item = connection.in_flight.get(message_id)
