@@ -6,7 +6,9 @@
   ``Last-Event-ID`` takes over what the previous stream had sent.
 - ``GET /connect/stream/{channel}/poll``: long-poll; what it returns stays
   in flight until acked (or until the ack timeout), so it can be acked.
-- ``POST /connect/ack`` and ``GET /connect/status/{channel}``.
+- ``POST /connect/ack`` (query parameters or a JSON body), on any instance:
+  one that does not hold the stream settles the message in Redis by its id;
+  and ``GET /connect/status/{channel}``.
 
 The channel token comes from ``Authorization: Bearer`` or ``?token=`` (the
 header wins). Every refusal is JSON with the reason: 401 token, 404 channel,
@@ -24,6 +26,7 @@ from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.web.iweb import IRequest
 
+from cwm.body import parse_body
 from cwm.connect.buffer import Buffered, ChannelCounts
 from cwm.connect.hub import RESUME_GRACE, Channel, ConnectHub, Connection, NotInFlight, iso
 from cwm.errors import HTTPError
@@ -81,6 +84,37 @@ def bearer(value: str | None) -> str:
         return ""
     value = value.strip()
     return value[7:].strip() if value[:7].lower() == "bearer " else value
+
+
+MAX_ACK_BODY = 64 * 1024
+
+
+def _ack_fields(request: IRequest) -> dict[str, str]:
+    """``message_id``, ``status``, ``retry`` and ``reason`` of an ack: from the query (as
+    upstream's connectors send them), or, when the query has no ``message_id``, from a JSON
+    object body (``{"message_id": ..., "status": "ack", "retry": true}``)."""
+    names = ("message_id", "status", "retry", "reason")
+    if query_arg(request, "message_id") is not None:
+        return {name: value for name in names if (value := query_arg(request, name)) is not None}
+    content = request.content
+    raw = content.read(MAX_ACK_BODY + 1) if content is not None else b""
+    if len(raw) > MAX_ACK_BODY:
+        raise HTTPError(413, f"An ack body is at most {MAX_ACK_BODY} bytes")
+    if not raw.strip():
+        return {name: value for name in names if (value := query_arg(request, name)) is not None}
+    body = parse_body("json", raw, request_header(request, b"content-type"))
+    if not isinstance(body, dict):
+        raise HTTPError(422, "The body must be a JSON object")
+    fields: dict[str, str] = {}
+    for name in names:
+        value = body.get(name)
+        if isinstance(value, bool):
+            value = "true" if value else "false"
+        if value is not None and not isinstance(value, str):
+            raise HTTPError(422, f"{name}: expected a string")
+        if value is not None:
+            fields[name] = value
+    return fields
 
 
 def _window(request: IRequest, channel: Channel) -> int:
@@ -266,14 +300,17 @@ class ConnectStreams:
 
     @app.route("/ack", methods=["POST"])
     async def ack(self, request: IRequest) -> bytes:
+        """Settle one message, on any instance: the one holding the stream, or another (a load
+        balancer in front; the holder died), which settles it in Redis after checking the token."""
         hub = self._hub()
-        message_id = query_arg(request, "message_id")
+        fields = _ack_fields(request)
+        message_id = fields.get("message_id")
         if not message_id:
-            raise HTTPError(422, "message_id: required query parameter")
-        status = query_arg(request, "status") or "ack"
+            raise HTTPError(422, "message_id: required (query parameter or JSON body)")
+        status = fields.get("status") or "ack"
         if status not in ("ack", "nack"):
             raise HTTPError(422, "status: expected ack or nack")
-        retry_text = (query_arg(request, "retry") or "true").lower()
+        retry_text = (fields.get("retry") or "true").lower()
         if retry_text not in ("true", "false"):
             raise HTTPError(422, "retry: expected true or false")
         connection_id = request_header(request, b"x-connection-id")
@@ -282,21 +319,41 @@ class ConnectStreams:
         token = bearer(request_header(request, b"authorization"))
         if not token:
             raise HTTPError(422, "Authorization: required header")
+        ack, retry, reason = status == "ack", retry_text == "true", (fields.get("reason") or "")[:200]
         connection = hub.connection(connection_id)
-        if connection is None:
-            raise HTTPError(404, "Connection not found")
-        if not hmac.compare_digest(token.encode(), connection.token.encode()):
-            channel = hub.channel(connection.channel)
-            accepted = channel is not None and await hub.authorize(channel, token)
-            if not accepted:
-                raise HTTPError(401, "Invalid token")
-        reason = (query_arg(request, "reason") or "")[:200]
         try:
-            outcome = await hub.settle(connection, message_id, status == "ack", retry_text == "true", reason)
+            if connection is None:
+                outcome = await self._settle_elsewhere(hub, token, message_id, ack, retry, reason)
+            else:
+                channel = hub.channel(connection.channel)
+                if not hmac.compare_digest(token.encode(), connection.token.encode()):
+                    if channel is None or not await hub.authorize(channel, token):
+                        raise HTTPError(401, "Invalid token")
+                outcome = await hub.settle_anywhere(connection, message_id, ack, retry, reason)
         except NotInFlight:
             raise HTTPError(404, "Message not in flight") from None
         body = {"status": "ok", "message_id": message_id, "outcome": outcome}
         return json_answer(request, 200, json.dumps(body).encode())
+
+    async def _settle_elsewhere(self, hub: ConnectHub, token: str, message_id: str, ack: bool, retry: bool,
+                                reason: str) -> str:
+        """An ack for a connection this instance does not hold: by message id, on the channels the token opens."""
+        channels = hub.channels()
+        # The channels whose configured token it is first (the usual case: one), then rotated ones.
+        channels.sort(key=lambda c: not hmac.compare_digest(token.encode(), c.config.token.encode()))
+        opened = False
+        for channel in channels:
+            if not await hub.authorize(channel, token):
+                continue
+            opened = True
+            try:
+                return await hub.settle_by_id(channel, message_id, ack, retry, reason)
+            except NotInFlight:
+                continue
+        if not opened:
+            raise HTTPError(401, "Invalid token")
+        # Neither this instance's connection nor, in Redis, a message of a channel it opens.
+        raise HTTPError(404, "Connection not found")
 
     @app.route("/status/<channel>", methods=["GET"])
     async def status(self, request: IRequest, channel: str) -> bytes:

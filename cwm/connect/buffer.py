@@ -17,6 +17,9 @@ Redis side and two cwm instances sharing a Redis never disagree:
   whichever instance read them (so an instance that died loses nothing);
   each is given back as a failed delivery.
 - ``expire``: a message past its ``expires_at`` is dropped and counted.
+- ``ack_message``: an ack by message id (the connector's), from any
+  instance: the channel's ``ids`` hash maps each queued message id to its
+  current stream id, kept by every script that moves a message.
 
 Keys of one channel share a hash tag (``{prefix}:{channel}``), so the
 scripts also run on Redis Cluster.
@@ -29,7 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, FirstError, gatherResults
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
 from twisted.logger import Logger
 
@@ -46,6 +49,7 @@ local seq = redis.call('INCR', KEYS[2])
 local id = redis.call('XADD', KEYS[1], '*', 'mid', ARGV[2], 'wid', ARGV[3], 'exp', ARGV[4],
   'seq', seq, 'n', 0, 'env', ARGV[5])
 redis.call('HINCRBY', KEYS[3], ARGV[3], 1)
+redis.call('HSET', KEYS[4], ARGV[2], id)
 return {seq, id}
 """
 
@@ -72,8 +76,34 @@ _ACK = _ENTRY + """
 if redis.call('XACK', KEYS[1], ARGV[1], ARGV[2]) == 0 then return 0 end
 local m = entry(KEYS[1], ARGV[2])
 redis.call('XDEL', KEYS[1], ARGV[2])
-if m then settled(KEYS[2], 'delivered', m['wid']) end
+if m then
+  settled(KEYS[2], 'delivered', m['wid'])
+  redis.call('HDEL', KEYS[4], m['mid'])
+end
 return 1
+"""
+
+# An ack by message id, whichever instance read it: a message in flight, or
+# one given back meanwhile (waiting again), is done with; counted delivered.
+_ACK_MESSAGE = _ENTRY + """
+local id = redis.call('HGET', KEYS[4], ARGV[2])
+if not id then return 0 end
+local m = entry(KEYS[1], id)
+redis.call('HDEL', KEYS[4], ARGV[2])
+if not m then return 0 end
+redis.call('XACK', KEYS[1], ARGV[1], id)
+redis.call('XDEL', KEYS[1], id)
+settled(KEYS[2], 'delivered', m['wid'])
+return 1
+"""
+
+# Of the stream ids ARGV[2..], those no longer in flight (settled by another instance).
+_NOT_PENDING = """
+local gone = {}
+for i = 2, #ARGV do
+  if #redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1) == 0 then table.insert(gone, ARGV[i]) end
+end
+return gone
 """
 
 _COUNTS = """
@@ -96,12 +126,14 @@ if ARGV[4] == '1' or n >= tonumber(ARGV[3]) then
   local id = redis.call('XADD', KEYS[4], '*', 'mid', m['mid'], 'wid', m['wid'], 'seq', m['seq'],
     'n', n, 'env', m['env'], 'reason', ARGV[5], 'at', ARGV[6])
   settled(KEYS[2], 'dead_lettered', m['wid'])
+  redis.call('HDEL', KEYS[5], m['mid'])
   local dropped = redis.call('XTRIM', KEYS[4], 'MAXLEN', ARGV[8])
   if dropped > 0 then redis.call('HINCRBY', KEYS[2], 'dead_letters_dropped', dropped) end
   return {2, n, id}
 end
 local id = redis.call('XADD', KEYS[1], '*', 'mid', m['mid'], 'wid', m['wid'], 'exp', m['exp'],
   'seq', m['seq'], 'n', n, 'env', m['env'])
+redis.call('HSET', KEYS[5], m['mid'], id)
 return {1, n, id}
 """
 
@@ -133,6 +165,7 @@ for _, e in ipairs(found) do
   if tonumber(m['exp']) <= tonumber(ARGV[2]) then
     redis.call('XDEL', KEYS[1], e[1])
     settled(KEYS[2], 'expired', m['wid'])
+    redis.call('HDEL', KEYS[4], m['mid'])
     expired = expired + 1
   end
 end
@@ -172,6 +205,7 @@ if tonumber(m['exp']) > tonumber(ARGV[3]) then return 0 end
 redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
 redis.call('XDEL', KEYS[1], ARGV[2])
 settled(KEYS[2], 'expired', m['wid'])
+redis.call('HDEL', KEYS[4], m['mid'])
 return 1
 """
 
@@ -191,9 +225,10 @@ local moved = 0
 for i = 3, #ARGV do
   local m = entry(KEYS[4], ARGV[i])
   if m then
-    redis.call('XADD', KEYS[1], '*', 'mid', m['mid'], 'wid', m['wid'], 'exp', ARGV[1],
+    local id = redis.call('XADD', KEYS[1], '*', 'mid', m['mid'], 'wid', m['wid'], 'exp', ARGV[1],
       'seq', m['seq'], 'n', 0, 'env', m['env'])
     redis.call('HINCRBY', KEYS[3], m['wid'], 1)
+    redis.call('HSET', KEYS[5], m['mid'], id)
     redis.call('XDEL', KEYS[4], ARGV[i])
     moved = moved + 1
   end
@@ -346,7 +381,7 @@ class ChannelCounts:
 class ChannelKeys:
     """The Redis keys of one channel."""
 
-    __slots__ = ("stream", "sequence", "counts", "by_webhook", "dead", "clients", "kicks", "tokens")
+    __slots__ = ("stream", "sequence", "counts", "by_webhook", "dead", "clients", "kicks", "tokens", "ids")
 
     def __init__(self, prefix: str, channel: str) -> None:
         tag = f"{prefix}:{{{channel}}}"
@@ -358,6 +393,7 @@ class ChannelKeys:
         self.clients = f"{tag}:clients"
         self.kicks = f"{tag}:kicks"
         self.tokens = f"{tag}:tokens"
+        self.ids = f"{tag}:ids"  # message id -> stream id, while queued or in flight
 
 
 def _fields(flat: list[Any]) -> dict[str, str]:
@@ -406,7 +442,7 @@ class StreamBuffer:
         k = self.keys(channel)
         seq, stream_id = await self._redis.eval(
             _PUBLISH,
-            [k.stream, k.sequence, k.by_webhook],
+            [k.stream, k.sequence, k.by_webhook, k.ids],
             [
                 str(max_queue_size),
                 message_id,
@@ -419,14 +455,12 @@ class StreamBuffer:
             return None
         return int(seq), str(stream_id)
 
-    def _read_command(self, channels: dict[str, int], block_ms: int | None) -> tuple[list[Any], dict[str, str]]:
-        wanted = {c: n for c, n in channels.items() if n > 0}
-        args: list[Any] = ["XREADGROUP", "GROUP", GROUP, self.consumer, "COUNT", str(max(wanted.values()))]
+    def _read_command(self, channels: list[str], count: int, block_ms: int | None) -> tuple[list[Any], dict[str, str]]:
+        args: list[Any] = ["XREADGROUP", "GROUP", GROUP, self.consumer, "COUNT", str(count)]
         if block_ms is not None:
             args += ["BLOCK", str(block_ms)]
-        names = list(wanted)
-        args += ["STREAMS", *(self.keys(c).stream for c in names), *(">" for _ in names)]
-        return args, {self.keys(c).stream: c for c in names}
+        args += ["STREAMS", *(self.keys(c).stream for c in channels), *(">" for _ in channels)]
+        return args, {self.keys(c).stream: c for c in channels}
 
     def _found(self, reply: Any, by_key: dict[str, str]) -> list[tuple[str, Buffered]]:
         found: list[tuple[str, Buffered]] = []
@@ -438,29 +472,39 @@ class StreamBuffer:
                 found.append((channel, self._message(str(stream_id), _fields(flat))))
         return found
 
-    async def read(self, channels: dict[str, int], block_ms: int | None = None) -> list[tuple[str, Buffered]]:
-        """Hand up to ``count`` waiting messages of each channel to this consumer.
+    async def read(self, channels: dict[str, int]) -> list[tuple[str, Buffered]]:
+        """Hand each channel's waiting messages to this consumer, no more than its count; no waiting.
 
-        Args:
-            channels: channel -> how many messages this instance can take now.
-            block_ms: wait this long for a first message (a dedicated connection
-                should be used for blocking reads), or None not to wait.
+        XREADGROUP takes one COUNT for all its streams, so channels are read
+        in one command per distinct count (commonly one): no channel is
+        handed more than it can take.
         """
-        if not any(n > 0 for n in channels.values()):
-            return []
-        args, by_key = self._read_command(channels, block_ms)
-        return self._found(await self._redis.execute_command(*args), by_key)
+        by_count: dict[int, list[str]] = {}
+        for channel, n in channels.items():
+            if n > 0:
+                by_count.setdefault(n, []).append(channel)
+        reads: list[Deferred[list[tuple[str, Buffered]]]] = []
+        for n, names in sorted(by_count.items()):
+            args, by_key = self._read_command(names, n, None)
+            reads.append(self._redis.execute_command(*args).addCallback(self._found, by_key))
+        try:
+            replies = await gatherResults(reads, consumeErrors=True)
+        except FirstError as e:
+            e.subFailure.raiseException()
+        return [item for reply in replies for item in reply]
 
     def read_blocking(
         self, channels: dict[str, int], block_ms: int
     ) -> tuple[Deferred[str], Deferred[list[tuple[str, Buffered]]]]:
-        """A blocking ``read`` on this buffer's own connection, and that connection's client id.
+        """Wait for the first new message on any of ``channels``, on this buffer's own connection.
 
-        Both commands are written at once, CLIENT ID first, so once the id is
-        known Redis has the read: ``CLIENT UNBLOCK`` with that id (from another
-        connection) then wakes it.
+        A wake-up: at most one message per stream (what any channel with a free
+        slot can take); ``read`` then takes the rest, per channel. Returns the
+        connection's client id and the read. Both commands are written at
+        once, CLIENT ID first, so once the id is known Redis has the read:
+        ``CLIENT UNBLOCK`` with that id (from another connection) then wakes it.
         """
-        args, by_key = self._read_command(channels, block_ms)
+        args, by_key = self._read_command([c for c, n in channels.items() if n > 0], 1, block_ms)
         client_id: Deferred[Any] = self._redis.execute_command("CLIENT", "ID")
         reply: Deferred[Any] = self._redis.execute_command(*args)
         return client_id.addCallback(str), reply.addCallback(self._found, by_key)
@@ -484,8 +528,28 @@ class StreamBuffer:
     async def ack(self, channel: str, stream_id: str) -> bool:
         """Remove a message in flight; False when it was not in flight (already settled)."""
         k = self.keys(channel)
-        done = await self._redis.eval(_ACK, [k.stream, k.counts, k.by_webhook], [GROUP, stream_id])
+        done = await self._redis.eval(_ACK, [k.stream, k.counts, k.by_webhook, k.ids], [GROUP, stream_id])
         return int(done) == 1
+
+    async def ack_message(self, channel: str, message_id: str) -> bool:
+        """Ack by message id, whichever instance read it; False when the channel does not hold it."""
+        k = self.keys(channel)
+        done = await self._redis.eval(_ACK_MESSAGE, [k.stream, k.counts, k.by_webhook, k.ids], [GROUP, message_id])
+        return int(done) == 1
+
+    async def stream_id_of(self, channel: str, message_id: str) -> str | None:
+        """Where the message is in the channel's stream now (None: not queued nor in flight)."""
+        found = await self._redis.execute_command("HGET", self.keys(channel).ids, message_id)
+        return str(found) if found else None
+
+    async def not_pending(self, channel: str, stream_ids: list[str]) -> list[str]:
+        """Those of ``stream_ids`` no longer in flight (another instance settled them)."""
+        k = self.keys(channel)
+        gone: list[str] = []
+        for start in range(0, len(stream_ids), 500):
+            reply = await self._redis.eval(_NOT_PENDING, [k.stream], [GROUP, *stream_ids[start : start + 500]])
+            gone += [str(i) for i in reply or []]
+        return gone
 
     async def give_back(
         self,
@@ -505,7 +569,7 @@ class StreamBuffer:
         k = self.keys(channel)
         state, deliveries, new_id = await self._redis.eval(
             _GIVE_BACK,
-            [k.stream, k.counts, k.by_webhook, k.dead],
+            [k.stream, k.counts, k.by_webhook, k.dead, k.ids],
             [
                 GROUP, stream_id, str(max_deliveries), "1" if dead else "0", reason, repr(now), "1" if counted else "0",
                 str(self._dead_letter_max.get(channel, DEAD_LETTER_MAX)),
@@ -518,7 +582,7 @@ class StreamBuffer:
         """Drop a message whose ``expires_at`` has passed; True if it was dropped."""
         k = self.keys(channel)
         done = await self._redis.eval(
-            _EXPIRE, [k.stream, k.counts, k.by_webhook], [GROUP, stream_id, repr(now)]
+            _EXPIRE, [k.stream, k.counts, k.by_webhook, k.ids], [GROUP, stream_id, repr(now)]
         )
         return int(done) == 1
 
@@ -567,7 +631,7 @@ class StreamBuffer:
         """
         k = self.keys(channel)
         expired, after = await self._redis.eval(
-            _EXPIRE_WAITING, [k.stream, k.counts, k.by_webhook], [GROUP, repr(now), cursor, str(count)]
+            _EXPIRE_WAITING, [k.stream, k.counts, k.by_webhook, k.ids], [GROUP, repr(now), cursor, str(count)]
         )
         return int(expired), str(after)
 
@@ -695,7 +759,7 @@ class StreamBuffer:
             return 0
         k = self.keys(channel)
         moved = await self._redis.eval(
-            _REPLAY, [k.stream, k.counts, k.by_webhook, k.dead], [repr(now + ttl_seconds), "", *dead_letter_ids]
+            _REPLAY, [k.stream, k.counts, k.by_webhook, k.dead, k.ids], [repr(now + ttl_seconds), "", *dead_letter_ids]
         )
         return int(moved)
 

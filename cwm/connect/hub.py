@@ -8,11 +8,16 @@ the backend, and before any webhook arrived.
 Messages live in Redis (``StreamBuffer``); this instance only tracks which of
 its connections holds which message:
 
-- **One reader per instance.** A single blocking XREADGROUP, on its own Redis
-  connection, asks each channel for as many messages as its connections here
-  have free in-flight slots (``max_in_flight`` each). A slow connector only
-  fills its own window; nothing waits on it. When a window opens on a channel
-  the current read did not include, the read is woken with CLIENT UNBLOCK.
+- **One reader per instance**, on its own Redis connection. It reads what
+  waits, each channel no more than its connections here have free in-flight
+  slots (``max_in_flight`` each; XREADGROUP has one COUNT for all its streams,
+  so one command per distinct count). When nothing waits, a single blocking
+  XREADGROUP with COUNT 1 over every channel with a free slot is the wake-up;
+  the next round reads the rest. A slow connector only fills its own window;
+  nothing waits on it. When a window opens on a channel the blocking read did
+  not include, the read is woken with CLIENT UNBLOCK. Should the loop fail
+  (Redis gone, or a bug), it is restarted with backoff and ``status()`` says
+  so (``read_loop``).
 - **In flight** until the connector acks or nacks it, or ``ack_timeout_seconds``
   passes (it is then given back and redelivered, counting as a delivery).
   ``max_deliveries`` sends it to the dead letters. A connection that goes
@@ -24,6 +29,10 @@ its connections holds which message:
   ``max_connections`` across instances and gives every instance the same
   stats. Messages an instance read and never settled (it died) are reclaimed
   by any instance once idle past the ack timeout.
+- **Acks reach any instance** (``settle_by_id``): behind a load balancer, an
+  ack may land on an instance that does not hold the stream, or on a new one
+  after the holder died. The message is found by its id in Redis and settled
+  there; the holder notices within a tick (``_reconcile``) and frees the slot.
 """
 
 from __future__ import annotations
@@ -91,6 +100,12 @@ class ConnectUnavailable(ModuleUnavailable):
 
 class NotInFlight(Exception):
     """The connection holds no such message (already settled, timed out, or never sent)."""
+
+
+def _reason(error: BaseException) -> str:
+    """A short reason for status pages: the error's text (Redis errors carry no secret), bounded."""
+    text = error.cause if isinstance(error, ConnectUnavailable) else str(error) or type(error).__name__
+    return text if len(text) <= 200 else text[:197] + "..."
 
 
 def iso(seconds: float) -> str:
@@ -197,7 +212,15 @@ class Connection:
 
 @dataclass
 class Channel:
-    """A channel as the configuration of this instance defines it."""
+    """One channel on this instance: the config entries that register it, and its connections here.
+
+    Several entries may register one channel; the latest registration's
+    settings apply. Once the last one is released the hub forgets the
+    channel, but a call already holding it (a route or task between two
+    awaits) still reads the settings it had last: ``config`` never fails.
+    ``ready`` says its consumer group is known to exist; ``recovered`` that
+    what this consumer held before a restart was given back.
+    """
 
     name: str
     created_at: float
@@ -207,14 +230,21 @@ class Channel:
     recovered: bool = False  # what this consumer held before a restart was given back
     recovering: bool = False  # that give-back is under way
     expire_cursor: str = ""
+    last: tuple[Owner, ChannelConfig] | None = None  # the latest registration, kept after release
 
     @property
     def config(self) -> ChannelConfig:
-        return next(reversed(self.registrations.values()))  # the latest registration
+        if self.registrations:
+            return next(reversed(self.registrations.values()))  # the latest registration
+        assert self.last is not None, "a channel is registered when it is made"
+        return self.last[1]
 
     @property
     def webhook_id(self) -> str:
-        return next(reversed(self.registrations))[1]
+        if self.registrations:
+            return next(reversed(self.registrations))[1]
+        assert self.last is not None, "a channel is registered when it is made"
+        return self.last[0][1]
 
     @property
     def webhook_ids(self) -> list[str]:
@@ -263,11 +293,16 @@ class ConnectHub:
         self._reader_client_id: str | None = None
         self._idle: Deferred[None] | None = None
         self._unblocking: IDelayedCall | None = None
-        self._tick = LoopingCall(self._expire_local)
+        self._tick = LoopingCall(self._on_tick)
         self._tick.clock = clock
         self._sweep = LoopingCall(lambda: Deferred.fromCoroutine(self._sweep_redis()))
         self._sweep.clock = clock
         self._read_loop: Deferred[None] | None = None
+        self._read_state = "stopped"
+        self._read_error = "not started"
+        self._read_restart: IDelayedCall | None = None
+        self._loop_restarts: dict[str, IDelayedCall] = {}
+        self._reconciling = False
         self._backoff = Backoff(initial=0.5, maximum=5.0, healthy_reset=10.0)
         self._pending: set[Deferred[Any]] = set()
         self.buffer_ok = True
@@ -277,17 +312,59 @@ class ConnectHub:
 
     def start(self) -> None:
         self._running = True
-        self._tick.start(TICK_SECONDS, now=False)
-        self._sweep.start(SWEEP_SECONDS, now=True)
-        self._read_loop = Deferred.fromCoroutine(self._read_forever())
-        self._read_loop.addErrback(lambda f: self._log.failure("Webhook Connect reader stopped", f))
+        self._start_loop("tick", self._tick, TICK_SECONDS, now=False)
+        self._start_loop("sweep", self._sweep, SWEEP_SECONDS, now=True)
+        self._start_read_loop()
+
+    def _start_loop(self, name: str, loop: LoopingCall, interval: float, now: bool) -> None:
+        """Run a background LoopingCall; should its body ever fail, log it and start it again."""
+        self._loop_restarts.pop(name, None)
+        if not self._running or loop.running:
+            return
+
+        def failed(failure: Failure) -> None:
+            self._log.failure("Webhook Connect {loop} failed; started again in {delay:g} s", failure,
+                              loop=name, delay=interval)
+            if self._running:
+                self._loop_restarts[name] = self._clock.callLater(
+                    interval, self._start_loop, name, loop, interval, True
+                )
+
+        loop.start(interval, now=now).addErrback(failed)
+
+    def _start_read_loop(self) -> None:
+        self._read_restart = None
+        if not self._running:
+            return
+        self._read_state = "running"
+        self._read_error = ""
+        loop = self._read_loop = Deferred.fromCoroutine(self._read_forever())
+        loop.addErrback(self._read_loop_failed)
+
+    def _read_loop_failed(self, failure: Failure) -> None:
+        """The read loop died (a bug, not Redis: those it retries itself): start it again, with backoff."""
+        if not self._running or failure.check(CancelledError):
+            return
+        delay = self._backoff.failed(self._clock.seconds())
+        self._log.failure("Webhook Connect read loop failed; restarting in {delay:g} s", failure, delay=delay)
+        self._read_state = "restarting"
+        self._read_error = _reason(failure.value)
+        self._read = None
+        self._reading = frozenset()
+        self._read_restart = self._clock.callLater(delay, self._start_read_loop)
 
     def stop(self) -> Deferred[None]:
         """Close every connection, give back what it held, stop reading."""
         self._running = False
+        self._read_state, self._read_error = "stopped", "stopped"
         for loop in (self._tick, self._sweep):
             if loop.running:
                 loop.stop()
+        for call in [self._read_restart, *self._loop_restarts.values()]:
+            if call is not None and call.active():
+                call.cancel()
+        self._read_restart = None
+        self._loop_restarts.clear()
         for connection in list(self._connections.values()):
             self._close(connection, "server shutting down")
             self._detach(connection, hold=0)
@@ -316,6 +393,7 @@ class ConnectHub:
         others = list(channel.registrations.values())
         channel.registrations[owner] = config
         self._buffer.cap_dead_letters(config.name, config.dead_letter_max)
+        channel.last = (owner, config)
         if any(other != config for other in others):
             self._log.warn(
                 "channel {channel!r}: webhook {webhook_id!r} configures it differently from {others}; its settings apply",
@@ -335,6 +413,8 @@ class ConnectHub:
             if current is None or current.registrations.get(owner) is not config:
                 return
             del current.registrations[owner]
+            if current.registrations:
+                current.last = next(reversed(current.registrations.items()))
             self._buffer.cap_dead_letters(
                 config.name, current.config.dead_letter_max if current.registrations else None
             )
@@ -452,9 +532,23 @@ class ConnectHub:
             window,
         )
         record = connection.record(self.instance, now + REGISTRY_TTL)
-        joined = await self._call(
-            self._buffer.join(channel.name, connection.id, record, channel.config.max_connections, now)
+        joining = Deferred.fromCoroutine(
+            self._call(self._buffer.join(channel.name, connection.id, record, channel.config.max_connections, now))
         )
+        answer: Deferred[bool] = Deferred()  # cancelling it (the client went away) leaves the join to finish
+
+        def joined_or_not(result: bool | Failure) -> None:
+            if not answer.called:
+                answer.callback(result)  # a Failure goes down the errback chain
+            elif result is True:  # nobody waits for it any more: take it back, after it landed
+                self._spawn(self._leave(channel.name, connection.id))
+
+        joining.addBoth(joined_or_not)
+        try:
+            joined = await answer
+        except ConnectUnavailable:
+            self._spawn(self._leave(channel.name, connection.id))  # in case it lands after the timeout
+            raise
         if not joined:
             return None
         current = self._channels.get(channel.name)
@@ -614,7 +708,8 @@ class ConnectHub:
                     )
                 )
                 outcome = result.state
-        except ConnectUnavailable:
+        except (ConnectUnavailable, CancelledError):
+            # Not recorded, or not known to be: still in flight, and the ack may be repeated.
             if connection.id in self._connections:
                 connection.in_flight[message_id] = item
             raise
@@ -629,6 +724,99 @@ class ConnectHub:
         elif channel is not None:
             self._capacity_changed(channel)
         return outcome
+
+    async def settle_anywhere(self, connection: Connection, message_id: str, ack: bool, retry: bool = True,
+                              reason: str = "") -> str:
+        """``settle`` on the connection; for a message it does not hold (sent on an earlier
+        connection, or given back meanwhile), ``settle_by_id`` on its channel."""
+        try:
+            return await self.settle(connection, message_id, ack, retry, reason)
+        except NotInFlight:
+            channel = self._channels.get(connection.channel)
+            if channel is None:
+                raise
+            return await self.settle_by_id(channel, message_id, ack, retry, reason)
+
+    async def settle_by_id(self, channel: Channel, message_id: str, ack: bool, retry: bool = True,
+                           reason: str = "") -> str:
+        """Ack or nack a message of the channel by its id, whichever connection or instance holds it.
+
+        For an ack that reaches an instance other than the one holding the
+        stream (a load balancer; the holder died), or a connection other than
+        the one it was sent on. An ack also settles a message given back
+        meanwhile (the connector did handle it). The holder, if alive, frees
+        its slot on its next tick.
+
+        Raises:
+            NotInFlight: the channel holds no such message (already settled).
+            ConnectUnavailable: Redis did not answer; the call may be repeated.
+        """
+        if ack:
+            if not await self._call(self._buffer.ack_message(channel.name, message_id)):
+                raise NotInFlight(message_id)
+            outcome = "acked"
+        else:
+            stream_id = await self._call(self._buffer.stream_id_of(channel.name, message_id))
+            if stream_id is None:
+                raise NotInFlight(message_id)
+            result = await self._call(
+                self._buffer.give_back(
+                    channel.name, stream_id, self._max_deliveries(channel.name),
+                    reason or ("nack" if retry else "nack without retry"), self._clock.seconds(), dead=not retry,
+                )
+            )
+            if result.state == "gone":
+                raise NotInFlight(message_id)  # waiting, not in flight: nothing to nack
+            outcome = result.state
+        for connection in list(channel.connections.values()):
+            if connection.in_flight.get(message_id) is not None:
+                self._settled_elsewhere(connection, message_id, ack)
+        return outcome
+
+    def _settled_elsewhere(self, connection: Connection, message_id: str, ack: bool) -> None:
+        """Another instance (or connection) settled a message this connection holds: free its slot."""
+        item = connection.in_flight.pop(message_id, None)
+        if item is None:
+            return
+        connection.settled.append(item.message.stream_id)
+        if ack:
+            connection.acked += 1
+        else:
+            connection.nacked += 1
+        if connection.held_until is not None and not connection.in_flight:
+            self._remove(connection)
+        else:
+            self._capacity_changed(self._channels.get(connection.channel))
+
+    async def _reconcile(self) -> None:
+        """Drop from the local windows what is no longer in flight in Redis (settled by another instance)."""
+        if self._reconciling:
+            return
+        self._reconciling = True
+        try:
+            for channel in list(self._channels.values()):
+                held = {
+                    item.message.stream_id: (connection, message_id)
+                    for connection in channel.connections.values()
+                    for message_id, item in connection.in_flight.items()
+                }
+                if not held:
+                    continue
+                try:
+                    gone = await self._call(self._buffer.not_pending(channel.name, list(held)))
+                except ConnectUnavailable:
+                    return  # tried again next tick
+                except txredisapi.ResponseError as e:
+                    if "NOGROUP" in str(e):
+                        return  # the stream is gone (Redis emptied): the read loop makes it again
+                    raise
+                for stream_id in gone:
+                    connection, message_id = held[stream_id]
+                    item = connection.in_flight.get(message_id)
+                    if item is not None and item.message.stream_id == stream_id:
+                        self._settled_elsewhere(connection, message_id, ack=True)
+        finally:
+            self._reconciling = False
 
     def _give_back_all(self, connection: Connection, reason: str) -> None:
         items = list(connection.in_flight.values())
@@ -660,6 +848,14 @@ class ConnectHub:
                 message_id=message.message_id,
                 reason=reason,
             )
+
+    def _on_tick(self) -> None:
+        try:
+            self._expire_local()
+        except Exception:
+            self._log.failure("Webhook Connect ack-timeout check failed")
+        if any(c.in_flight for c in self._connections.values()):
+            self._spawn(self._reconcile())
 
     def _expire_local(self) -> None:
         """Give back what waited past its ack timeout; end resume grace periods."""
@@ -727,34 +923,49 @@ class ConnectHub:
                 if not await self._pause(None):
                     return
                 continue
-            self._reading = frozenset(wanted)
-            client_id, found = self._reader.read_blocking(wanted, READ_BLOCK_MS)
-            found.addTimeout(READ_BLOCK_MS / 1000 + CALL_TIMEOUT, self._clock)
-            self._read = found
             try:
-                self._reader_client_id = await client_id
-                messages = await found
+                # What waits, each channel no more than it can take now.
+                messages = await self._call(self._reader.read(wanted))
+                if not messages and (wanted := self._wanted()):
+                    # Nothing waits: wait for the first new message (at most one per stream).
+                    messages = await self._read_blocking(wanted)
             except CancelledError:
                 if not self._running:
                     return
                 messages = []
-            except Exception as e:
-                self._read = None
-                self._reading = frozenset()
+            except (ConnectUnavailable, txredisapi.ResponseError) as e:
+                # Redis away, or a group gone (Redis restarted empty): retried here. Anything
+                # else is a bug that ends this loop; it is then restarted (_read_loop_failed).
+                if isinstance(e, txredisapi.ResponseError) and "NOGROUP" not in str(e):
+                    raise
                 self._reader_failed(e)
                 if not await self._pause(self._backoff.failed(self._clock.seconds())):
                     return
                 continue
-            finally:
-                if self._unblocking is not None and self._unblocking.active():
-                    self._unblocking.cancel()
-            self._read = None
-            self._reading = frozenset()
             self._backoff.healthy(self._clock.seconds())
-            if not self.buffer_ok:
+            if not self.buffer_ok or self._read_state != "running":
                 self._log.info("Webhook Connect reads from Redis again")
             self.buffer_ok = True
+            self._read_state, self._read_error = "running", ""
             self._dispatch(messages)
+
+    async def _read_blocking(self, wanted: dict[str, int]) -> list[tuple[str, Buffered]]:
+        """The wake-up: a blocking read over every wanted channel; CLIENT UNBLOCK ends it early."""
+        self._reading = frozenset(wanted)
+        client_id, found = self._reader.read_blocking(wanted, READ_BLOCK_MS)
+        found.addTimeout(READ_BLOCK_MS / 1000 + CALL_TIMEOUT, self._clock)
+        self._read = found
+        try:
+            self._reader_client_id = await client_id
+            messages: list[tuple[str, Buffered]] = await found
+            return messages
+        except (TimeoutError, txredisapi.ConnectionError) as e:
+            raise ConnectUnavailable(_reason(e)) from None
+        finally:
+            self._read = None
+            self._reading = frozenset()
+            if self._unblocking is not None and self._unblocking.active():
+                self._unblocking.cancel()
 
     async def _pause(self, delay: float | None) -> bool:
         """Wait ``delay`` seconds (None: no limit) or until a window opens; False once stopped."""
@@ -777,7 +988,7 @@ class ConnectHub:
         return self._running
 
     def _reader_failed(self, error: Exception) -> None:
-        text = str(error) or type(error).__name__
+        text = _reason(error)
         if "NOGROUP" in text:
             for channel in self._channels.values():
                 channel.ready = False
@@ -786,6 +997,7 @@ class ConnectHub:
             self._log.warn("Webhook Connect cannot read from Redis: {error}", error=text)
         self.buffer_ok = False
         self.last_error = text
+        self._read_state, self._read_error = "restarting", text
 
     def _dispatch(self, found: Iterable[tuple[str, Buffered]]) -> None:
         now = self._clock.seconds()
@@ -807,18 +1019,26 @@ class ConnectHub:
             self._send(connection, messages)
 
     def _send(self, connection: Connection, messages: list[Buffered]) -> None:
-        sink = connection.sink
-        if sink is None:
-            return
-        connection.last_sent = messages[-1].stream_id
-        connection.sent += len(messages)
-        connection.last_activity = self._clock.seconds()
-        try:
-            sink(messages)
-        except Exception:
-            self._log.failure("sending to connection {connection_id} failed", connection_id=connection.id)
-            self._close(connection, "send failed")
-            self._detach(connection, hold=0)
+        """Hand each message to the connection's sink. One that cannot be sent is given back
+        alone (counted as a failed delivery of that message only); the others go on."""
+        for message in messages:
+            sink = connection.sink
+            if sink is None:
+                return  # closed meanwhile: what it holds was given back with it
+            try:
+                sink([message])
+            except Exception:
+                self._log.failure(
+                    "sending message {message_id} to connection {connection_id} failed; given back",
+                    message_id=message.message_id,
+                    connection_id=connection.id,
+                )
+                if connection.in_flight.pop(message.message_id, None) is not None:
+                    self._spawn(self._give_back(connection.channel, message, "send failed"))
+                continue
+            connection.last_sent = message.stream_id
+            connection.sent += 1
+            connection.last_activity = self._clock.seconds()
 
     async def _expire(self, channel: str, message: Buffered) -> None:
         try:
@@ -921,11 +1141,17 @@ class ConnectHub:
         await self._call(self._buffer.kick(channel.name, connection_id))
 
     def status(self) -> dict[str, Any]:
-        return {
+        """For health and readiness: ``read_loop`` is ``running``, ``restarting`` (after a
+        failure, while backing off) or ``stopped``; ``read_loop_error`` says why when not running."""
+        status: dict[str, Any] = {
             "buffer": self.buffer_ok and self._connected(),
             "channels_count": len(self._channels),
             "connections_count": sum(1 for c in self._connections.values() if c.attached),
+            "read_loop": self._read_state,
         }
+        if self._read_state != "running":
+            status["read_loop_error"] = self._read_error or self._read_state
+        return status
 
     # -- plumbing --------------------------------------------------------------
 
@@ -935,8 +1161,10 @@ class ConnectHub:
         d.addTimeout(CALL_TIMEOUT, self._clock)
         try:
             return await d
-        except (CancelledError, TimeoutError):
+        except TimeoutError:
             raise ConnectUnavailable(f"Redis did not answer within {CALL_TIMEOUT:g} s") from None
+        except CancelledError:
+            raise  # the caller went away (a client closed its request): not Redis's doing
         except txredisapi.ConnectionError as e:
             raise ConnectUnavailable(str(e) or "not connected to Redis") from None
         except txredisapi.ResponseError as e:

@@ -19,7 +19,8 @@ from twisted.logger import Logger
 from cwm.connect.buffer import Buffered
 from cwm.connect.hub import ConnectHub, ConnectUnavailable, Connection, NotInFlight, iso
 
-MAX_CLIENT_FRAME = 64 * 1024
+MAX_CLIENT_MESSAGE = 64 * 1024
+"""What a connector may send in one message (acks, nacks, heartbeats are small)."""
 
 
 class ChannelSocket(WebSocketServerProtocol):
@@ -28,6 +29,7 @@ class ChannelSocket(WebSocketServerProtocol):
     _log = Logger()
     factory: ChannelSocketFactory
     _beat: IDelayedCall | None = None
+    _incoming = 0  # bytes of the message being received
 
     def onOpen(self) -> None:
         f = self.factory
@@ -35,6 +37,22 @@ class ChannelSocket(WebSocketServerProtocol):
                          "timestamp": iso(f.clock.seconds())})
         f.hub.attach(f.connection, self._send_batch, self._close_by_server)
         self._beat = f.clock.callLater(f.heartbeat, self._heartbeat)
+
+    def onMessageBegin(self, isBinary: bool) -> None:
+        super().onMessageBegin(isBinary)
+        self._incoming = 0
+
+    def onMessageFrameBegin(self, length: int) -> None:
+        # autobahn's maxMessagePayloadSize would bound what cwm sends as well as what it
+        # receives (so a webhook of a few tens of KB could not be sent): it is left
+        # unlimited, and what a connector sends is bounded here, over all its frames.
+        super().onMessageFrameBegin(length)
+        self._incoming += length
+        if self._incoming > MAX_CLIENT_MESSAGE and self.state == self.STATE_OPEN:
+            self._log.warn("connection {connection_id}: a message over {limit} bytes from the connector; closed",
+                           connection_id=self.factory.connection.id, limit=MAX_CLIENT_MESSAGE)
+            self.sendClose(1009, f"messages to the server are limited to {MAX_CLIENT_MESSAGE} bytes")
+            self.dropConnection(abort=False)  # the close frame goes out first
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         f = self.factory
@@ -49,7 +67,8 @@ class ChannelSocket(WebSocketServerProtocol):
             retry = frame.get("retry", True)
             reason = frame.get("reason") if isinstance(frame.get("reason"), str) else ""
             d = Deferred.fromCoroutine(
-                f.hub.settle(f.connection, frame["message_id"], kind == "ack", retry is not False, reason[:200])
+                f.hub.settle_anywhere(f.connection, frame["message_id"], kind == "ack", retry is not False,
+                                      reason[:200])
             )
             d.addErrback(self._settle_failed, frame["message_id"])
         elif kind != "heartbeat":
@@ -105,8 +124,8 @@ class ChannelSocketFactory(WebSocketServerFactory):
         self.setProtocolOptions(
             autoPingInterval=heartbeat,
             autoPingTimeout=max(5.0, heartbeat),
-            maxMessagePayloadSize=MAX_CLIENT_FRAME,
-            maxFramePayloadSize=MAX_CLIENT_FRAME,
+            maxMessagePayloadSize=0,  # bounds sending too: see ChannelSocket.onMessageFrameBegin
+            maxFramePayloadSize=MAX_CLIENT_MESSAGE,  # only frames received
             openHandshakeTimeout=10,
             closeHandshakeTimeout=5,
         )

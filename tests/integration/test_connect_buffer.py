@@ -213,12 +213,13 @@ async def test_blocking_read_wakes_on_a_publish_from_another_connection(
     buffers: tuple[StreamBuffer, StreamBuffer], redis: RedisServer
 ) -> None:
     from twisted.internet import reactor
-    from twisted.internet.defer import Deferred
     from twisted.internet.task import deferLater
 
     a, b = buffers
     await a.ensure_channel("ch")
-    waiting = Deferred.fromCoroutine(a.read({"ch": 1}, block_ms=10_000))
+    _, waiting = a.read_blocking({"ch": 1}, 10_000)
+    answered: list[Any] = []
+    waiting.addCallback(lambda found: answered.append(found) or found)
     # Wait (bounded) until Redis reports the XREADGROUP as blocked, then publish.
     for _ in range(500):
         if b"blocked_clients:1" in redis.command("INFO", "clients"):
@@ -226,7 +227,7 @@ async def test_blocking_read_wakes_on_a_publish_from_another_connection(
         await deferLater(reactor, 0.01, lambda: None)
     else:
         raise AssertionError("the read never blocked in Redis")
-    assert not waiting.called
+    assert not answered
     await publish(b, 7)
     [(_, m)] = await waiting
     assert m.sequence == 1 and m.message_id == "msg_0000000000000007"
@@ -286,3 +287,39 @@ def test_redis_url() -> None:
     for bad in ("http://h", "redis://", "redis://h:x", "redis://h/db"):
         with pytest.raises(ConfigError):
             parse_redis_url(bad)
+
+
+@pytest_twisted.ensureDeferred
+async def test_each_channel_is_read_with_its_own_count_and_acks_by_message_id_from_any_instance(
+    buffers: tuple[StreamBuffer, StreamBuffer],
+) -> None:
+    a, b = buffers
+    for channel in ("x", "y"):
+        await a.ensure_channel(channel)
+        for n in range(1, 5):
+            await a.publish(channel, f"msg_{channel}{n}", "hook", NOW + 60, envelope(n), 100)
+    # One read, windows of 1 and 3: no channel is handed more than it can take.
+    found = await a.read({"x": 1, "y": 3})
+    assert [(c, m.message_id) for c, m in found] == [("x", "msg_x1"), ("y", "msg_y1"), ("y", "msg_y2"), ("y", "msg_y3")]
+    # The blocking wake-up takes at most one message per stream, whatever the windows.
+    _, woke = a.read_blocking({"x": 5, "y": 5}, 100)
+    taken = await woke
+    assert [(c, m.message_id) for c, m in taken] == [("x", "msg_x2"), ("y", "msg_y4")]
+    x1, x2 = found[0][1], taken[0][1]
+    # An ack by message id from another instance settles what a holds...
+    assert await b.ack_message("x", "msg_x1") is True
+    assert await b.ack_message("x", "msg_x1") is False
+    assert await b.ack_message("x", "msg_nope") is False
+    # ...and a finds out which of its messages are no longer in flight.
+    assert await a.not_pending("x", [x1.stream_id, x2.stream_id]) == [x1.stream_id]
+    # Given back meanwhile (waiting again, at a new stream id): an ack by id still settles it.
+    back = await a.give_back("x", x2.stream_id, 5, "ack timeout", NOW)
+    assert back.state == "requeued" and await b.stream_id_of("x", "msg_x2") == back.new_id
+    assert await b.ack_message("x", "msg_x2") is True
+    counts = await a.counts("x")
+    assert (counts.queued, counts.in_flight, counts.delivered, counts.pending_by_webhook) == (2, 0, 2, {"hook": 2})
+    # Dead letters and expired messages leave the index.
+    [(_, x3), (_, x4)] = await a.read({"x": 2})
+    assert (await a.give_back("x", x3.stream_id, 5, "bad", NOW, dead=True)).state == "dead_lettered"
+    assert await a.expire("x", x4.stream_id, NOW + 120) is True
+    assert await b.stream_id_of("x", "msg_x3") is None and await b.stream_id_of("x", "msg_x4") is None

@@ -282,7 +282,7 @@ async def test_refusals_of_the_stream_routes(cloud: Cloud) -> None:
     assert (await call("POST", ack_url, headers={"X-Connection-ID": "c"}))[:2] == (
         422, {"detail": "Authorization: required header"})
     assert (await call("POST", f"{base(process)}/connect/ack", headers={"X-Connection-ID": "c"}))[:2] == (
-        422, {"detail": "message_id: required query parameter"})
+        422, {"detail": "message_id: required (query parameter or JSON body)"})
     # status
     status_url = f"{base(process)}/connect/status/ch"
     assert (await call("GET", status_url))[:2] == (401, {"detail": "Missing authorization header"})

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -27,6 +27,8 @@ class RecordingBuffer:
     def __init__(self) -> None:
         self.calls: list[tuple[Any, ...]] = []
         self.reads: list[tuple[dict[str, int], Deferred[list[tuple[str, Buffered]]]]] = []
+        self.blocking: list[bool] = []  # of each read: the blocking wake-up, or a read of what waits
+        self.settled_elsewhere: set[str] = set()  # stream ids another instance acked
 
     async def ensure_channel(self, channel: str) -> None:
         self.calls.append(("ensure", channel))
@@ -76,9 +78,19 @@ class RecordingBuffer:
     async def unblock(self, client_id: str) -> None:
         self.calls.append(("unblock", client_id))
 
+    async def not_pending(self, channel: str, stream_ids: list[str]) -> list[str]:
+        return [i for i in stream_ids if i in self.settled_elsewhere]
+
+    async def read(self, channels: dict[str, int]) -> list[tuple[str, Buffered]]:
+        d: Deferred[list[tuple[str, Buffered]]] = Deferred()
+        self.reads.append((dict(channels), d))
+        self.blocking.append(False)
+        return await d
+
     def read_blocking(self, channels: dict[str, int], block_ms: int) -> tuple[Deferred[str], Deferred[Any]]:
         d: Deferred[list[tuple[str, Buffered]]] = Deferred()
         self.reads.append((dict(channels), d))
+        self.blocking.append(True)
         return succeed("7"), d
 
     def answer(self, *messages: Buffered, channel: str = "ch") -> None:
@@ -221,8 +233,10 @@ def test_releasing_the_last_registration_closes_the_channels_connections() -> No
 def test_a_window_opening_on_a_channel_outside_the_current_read_wakes_it() -> None:
     hub, buffer, clock = hub_with_channel()
     hub.register(("default", "b"), ChannelConfig(name="other", token="t"))
-    open_connection(hub, window=1)  # reading "ch" now
-    assert buffer.reads[-1][0] == {"ch": 1}
+    open_connection(hub, window=1)
+    assert buffer.reads[-1][0] == {"ch": 1} and buffer.blocking == [False]
+    buffer.answer()  # nothing waits: the blocking read of "ch" follows
+    assert buffer.reads[-1][0] == {"ch": 1} and buffer.blocking == [False, True]
     other = hub.channel("other")
     assert other is not None
     connection = _sync.successResultOf(Deferred.fromCoroutine(hub.connect(other, "websocket", "c", "r", "t", 4)))
@@ -233,7 +247,7 @@ def test_a_window_opening_on_a_channel_outside_the_current_read_wakes_it() -> No
     clock.advance(0.2)
     assert len([c for c in buffer.calls if c[0] == "unblock"]) == 3
     buffer.answer()  # the woken read returns nothing; the next one asks for both
-    assert buffer.reads[-1][0] == {"ch": 1, "other": 4}
+    assert buffer.reads[-1][0] == {"ch": 1, "other": 4} and buffer.blocking[-1] is False
     hub.stop()
 
 
@@ -264,4 +278,178 @@ def test_the_restart_give_back_runs_once_and_before_the_channel_is_read() -> Non
     assert received == [1]
     clock.advance(5)  # later sweeps do not give back again
     assert buffer.given_back() == [("9-0", "instance restarted", False, True)]
+    hub.stop()
+
+
+# --- issue 13: reads per channel, release races, the read loop, cancelled joins, sends ----------------
+
+
+def test_each_channel_is_read_for_no_more_than_its_free_window() -> None:
+    """What waits is read with each channel's own count; the blocking read is only the wake-up."""
+    hub, buffer, clock = hub_with_channel()
+    hub.register(("default", "b"), ChannelConfig(name="other", token="t"))
+    open_connection(hub, window=1)
+    other = hub.channel("other")
+    assert other is not None
+    connection = _sync.successResultOf(Deferred.fromCoroutine(hub.connect(other, "websocket", "c", "r", "t", 3)))
+    assert connection is not None
+    hub.attach(connection, lambda ms: None, lambda reason: None)
+    buffer.answer()  # the first read (ch only) found nothing: the wake-up, over both
+    assert buffer.reads[-1][0] == {"ch": 1, "other": 3} and buffer.blocking[-1] is True  # COUNT 1 in Redis
+    buffer.answer(message(1), channel="other")
+    assert buffer.reads[-1][0] == {"ch": 1, "other": 2} and buffer.blocking[-1] is False  # the rest, exactly
+    assert buffer.given_back() == []
+    hub.stop()
+
+
+def test_a_released_channel_keeps_its_last_settings_for_calls_under_way() -> None:
+    clock = Clock()
+    buffer = RecordingBuffer()
+    hub = ConnectHub(buffer, buffer, clock, "me")  # type: ignore[arg-type]
+    first = hub.register(OWNER, ChannelConfig(name="ch", token="t", max_in_flight=3))
+    second = hub.register(("default", "other"), ChannelConfig(name="ch", token="t", max_in_flight=7))
+    channel = hub.channel("ch")
+    assert channel is not None
+    second()
+    first()
+    assert hub.channel("ch") is None
+    # A route or task that held the channel across an await still reads its settings.
+    assert channel.config.max_in_flight == 3 and channel.webhook_id == "hook"
+    hub.stop()
+
+
+class FailingReads(RecordingBuffer):
+    """Reads fail with ``errors`` first (one each), then behave."""
+
+    def __init__(self, *errors: Exception) -> None:
+        super().__init__()
+        self.errors = list(errors)
+
+    async def read(self, channels: dict[str, int]) -> list[tuple[str, Buffered]]:
+        if self.errors:
+            raise self.errors.pop(0)
+        return await super().read(channels)
+
+
+def test_a_dead_read_loop_is_restarted_with_backoff_and_status_says_so(
+    logged_failures: list[dict[str, Any]],
+) -> None:
+    clock = Clock()
+    clock.advance(1000)
+    buffer = FailingReads(KeyError("env"))  # e.g. a malformed entry: not Redis being away
+    hub = ConnectHub(buffer, buffer, clock, "me")  # type: ignore[arg-type]
+    assert hub.status()["read_loop"] == "stopped"
+    hub.start()
+    hub.register(OWNER, ChannelConfig(name="ch", token="t"))
+    _, received = open_connection(hub, window=1)
+    status = hub.status()
+    assert status["read_loop"] == "restarting" and status["read_loop_error"] == "'env'"
+    assert len(logged_failures) == 1 and isinstance(logged_failures[0]["log_failure"].value, KeyError)
+    logged_failures.clear()
+    clock.advance(1)  # the backoff's first delay is at most 1 s
+    assert hub.status()["read_loop"] == "running" and "read_loop_error" not in hub.status()
+    buffer.answer(message(1))
+    assert received == [1]
+    hub.stop()
+    assert hub.status()["read_loop"] == "stopped"
+
+
+def test_redis_away_shows_as_restarting_until_a_read_succeeds() -> None:
+    from cwm.connect.hub import ConnectUnavailable
+
+    clock = Clock()
+    clock.advance(1000)
+    buffer = FailingReads(ConnectUnavailable("Not connected"))
+    hub = ConnectHub(buffer, buffer, clock, "me")  # type: ignore[arg-type]
+    hub.start()
+    hub.register(OWNER, ChannelConfig(name="ch", token="t"))
+    _, received = open_connection(hub, window=1)
+    assert (hub.status()["read_loop"], hub.status()["read_loop_error"]) == ("restarting", "Not connected")
+    clock.advance(1)
+    buffer.answer(message(1))
+    assert received == [1] and hub.status()["read_loop"] == "running"
+    hub.stop()
+
+
+def test_a_failing_sweep_is_started_again(logged_failures: list[dict[str, Any]]) -> None:
+    hub, buffer, clock = hub_with_channel()
+    calls: list[int] = []
+
+    async def broken() -> None:
+        calls.append(1)
+        raise RuntimeError("bug")
+
+    hub._sweep.f = lambda: Deferred.fromCoroutine(broken())  # type: ignore[method-assign]
+    clock.advance(5)  # the sweep fails and its LoopingCall stops...
+    assert len(calls) == 1 and len(logged_failures) == 1
+    logged_failures.clear()
+    clock.advance(5)  # ...and is started again
+    assert len(calls) == 2 and len(logged_failures) == 1
+    logged_failures.clear()
+    hub.stop()
+    assert clock.getDelayedCalls() == []
+
+
+def test_a_cancelled_join_is_taken_back_and_is_not_called_redis_trouble() -> None:
+    clock = Clock()
+    joins: list[Deferred[bool]] = []
+
+    class SlowJoin(RecordingBuffer):
+        async def join(self, channel: str, cid: str, record: dict[str, Any], limit: int, now: float) -> bool:
+            self.calls.append(("join", cid))
+            d: Deferred[bool] = Deferred()
+            joins.append(d)
+            return await d
+
+    buffer = SlowJoin()
+    hub = ConnectHub(buffer, buffer, clock, "me")  # type: ignore[arg-type]
+    hub.start()
+    hub.register(OWNER, ChannelConfig(name="ch", token="t"))
+    channel = hub.channel("ch")
+    assert channel is not None
+    connecting = Deferred.fromCoroutine(hub.connect(channel, "sse", "c", "r", "t", 1))
+    connecting.cancel()  # the client went away while Redis was recording the connection
+    _sync.failureResultOf(connecting, CancelledError)
+    [(_, cid)] = [c for c in buffer.calls if c[0] == "join"]
+    assert ("leave", cid) not in buffer.calls  # not before the join landed...
+    joins[0].callback(True)
+    assert ("leave", cid) in buffer.calls  # ...then taken back: no phantom against max_connections
+    assert hub.connection(cid) is None and channel.connections == {}
+    hub.stop()
+
+
+def test_a_message_that_cannot_be_sent_is_given_back_alone(logged_failures: list[dict[str, Any]]) -> None:
+    hub, buffer, clock = hub_with_channel()
+    channel = hub.channel("ch")
+    assert channel is not None
+    connection = _sync.successResultOf(Deferred.fromCoroutine(hub.connect(channel, "websocket", "c", "r", "t", 3)))
+    assert connection is not None
+    sent: list[int] = []
+    closed: list[str] = []
+
+    def sink(messages: list[Buffered]) -> None:
+        for m in messages:
+            if m.sequence == 2:
+                raise ValueError("too big for this transport")
+            sent.append(m.sequence)
+
+    hub.attach(connection, sink, closed.append)
+    buffer.answer(message(1), message(2), message(3))
+    assert sent == [1, 3] and closed == []
+    assert buffer.given_back() == [("2-0", "send failed", False, True)]
+    assert sorted(connection.in_flight) == ["msg_1", "msg_3"] and hub.connection(connection.id) is connection
+    assert [str(e["log_failure"].value) for e in logged_failures] == ["too big for this transport"]
+    logged_failures.clear()
+    hub.stop()
+
+
+def test_a_message_acked_on_another_instance_frees_the_slot_here() -> None:
+    hub, buffer, clock = hub_with_channel()
+    connection, received = open_connection(hub, window=1)
+    buffer.answer(message(1))
+    assert connection.free() == 0
+    buffer.settled_elsewhere.add("1-0")
+    clock.advance(1)  # the next tick finds it no longer in flight in Redis
+    assert connection.free() == 1 and connection.acked == 1 and buffer.given_back() == []
+    assert buffer.reads[-1][0] == {"ch": 1}
     hub.stop()
