@@ -6,6 +6,7 @@ The only module that may import the global reactor, and only lazily.
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import sys
 from collections.abc import Callable, Mapping
@@ -22,7 +23,9 @@ from cwm.config.store import ConfigStore
 from cwm.modules.runtime import ModulesService, module_context
 from cwm.pipeline import WebhookPipeline
 from cwm.settings import ReceiverOptions, Settings
+from cwm.web.connections import ConnectionLimits
 from cwm.web.limits import LimitedSite
+from cwm.web.listen import with_backlog
 from cwm.web.receiver import WebhookReceiver
 
 if TYPE_CHECKING:
@@ -262,8 +265,16 @@ def build_receiver(
         ConnectStreams(hub, reactor).resource(),
         ConnectAdmin(hub, admin_token, reactor).resource(),
     )
-    site = LimitedSite(receiver.resource(), settings.max_body_bytes, reactor)
-    StreamServerEndpointService(serverFromString(reactor, settings.listen), site).setServiceParent(top)
+    limits = ConnectionLimits(
+        header_timeout=settings.http_header_timeout,
+        body_timeout=settings.http_body_timeout,
+        idle_timeout=settings.http_idle_timeout,
+        max_connections=settings.max_connections,
+        fd_limit=resource.getrlimit(resource.RLIMIT_NOFILE)[0],
+    )
+    site = LimitedSite(receiver.resource(), settings.max_body_bytes, reactor, limits)
+    listen = with_backlog(settings.listen, settings.listen_backlog)
+    StreamServerEndpointService(serverFromString(reactor, listen), site).setServiceParent(top)
     return top, receiver, site
 
 
