@@ -166,9 +166,11 @@ class ConnectionTable:
             self._summary.start(self._interval, now=False).addErrback(self._summary_failed)
 
     def stop(self) -> None:
+        """Stop the summary line, after a last one for what the interval had so far."""
         if self._summary is not None and self._summary.running:
             self._summary.stop()
         self._summary = None
+        self.log_summary()
 
     def _summary_failed(self, failure: Failure) -> None:
         self._log.failure("the HTTP connection summary stopped", failure)

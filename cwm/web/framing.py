@@ -17,6 +17,7 @@ _FIELD_VALUE = rb"\t\x20-\x7e\x80-\xff"  # HTAB, SP, VCHAR, obs-text
 
 # What the start of a request line may look like while it is still arriving.
 _REQUEST_LINE_START = re.compile(rb"[%s]*(?: [\x21-\x7e]*(?: [\x21-\x7e]*)?)?" % _TCHAR)
+_TOKEN = re.compile(rb"[%s]+" % _TCHAR)
 _HEADER_LINE = re.compile(rb"[%s]+:[%s]*" % (_TCHAR, _FIELD_VALUE))
 _HEADER_LINE_START = re.compile(rb"[%s]*(?::[%s]*)?" % (_TCHAR, _FIELD_VALUE))
 _CONTROL = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
@@ -51,8 +52,13 @@ def partial_line_problem(pending: bytes, new: int, request_line: bool) -> str | 
     if _CONTROL.search(fresh):
         return CONTROL_IN_HEADER
     if not _HEADER_LINE_START.fullmatch(start):
-        return INVALID_HEADER_NAME if b":" not in start else CONTROL_IN_HEADER
+        return _header_line_reason(start)
     return None
+
+
+def _header_line_reason(line: bytes) -> str:
+    name, colon, _ = line.partition(b":")
+    return CONTROL_IN_HEADER if colon and _TOKEN.fullmatch(name) else INVALID_HEADER_NAME
 
 
 def header_line_problem(line: bytes) -> str | None:
@@ -70,8 +76,7 @@ def header_line_problem(line: bytes) -> str | None:
     if b":" not in line or b"\x00" in line or b"\r" in line:
         return None
     if not _HEADER_LINE.fullmatch(line):
-        name = line.partition(b":")[0]
-        return INVALID_HEADER_NAME if not re.fullmatch(rb"[%s]+" % _TCHAR, name) else CONTROL_IN_HEADER
+        return _header_line_reason(line)
     return None
 
 
