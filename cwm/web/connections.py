@@ -87,6 +87,8 @@ class ConnectionTable:
         self._open: set[Peer] = set()
         self._waiting: dict[Peer, None] = {}  # insertion order: the oldest wait first
         self._streams: set[Peer] = set()
+        self._closing: set[Peer] = set()  # closed by this side, descriptor not yet released
+        self._fd_offset = 0  # descriptors in use other than connections, as last seen
         self.tally: Counter[str] = Counter()  # since the last summary line
         self.totals: Counter[str] = Counter()  # since start
         self._summary: LoopingCall | None = None
@@ -101,25 +103,39 @@ class ConnectionTable:
         self.totals[what] += 1
 
     def admit(self) -> bool:
-        """Whether a new connection may be built; at the cap, sheds a waiting one to make room."""
-        if len(self._open) < self.limits.max_connections or self._shed_one():
+        """Whether a new connection may be built; when full, sheds a waiting one to make room.
+
+        Full is at ``max_connections``, or when the new connection's descriptor
+        would come within the headroom of the file-descriptor limit (predicted
+        from the last connection's descriptor: refusing here closes the socket
+        at once, before more are accepted, so the process never meets EMFILE).
+        """
+        limits = self.limits
+        full = len(self._open) >= limits.max_connections
+        if limits.fd_limit is not None:
+            in_use = len(self._open) + len(self._closing)
+            full = full or in_use + self._fd_offset >= limits.fd_limit - limits.fd_headroom
+        if not full:
+            return True
+        # A shed connection's descriptor is freed a moment later: bound how many are in flight.
+        if len(self._closing) < limits.fd_headroom // 2 and self._shed_one():
             return True
         self.count("refused")
         return False
 
     def opened(self, peer: Peer) -> bool:
-        """Register a new connection; False when the process has no file descriptors to spare for it."""
+        """Register a new connection; False when it must be closed at once (no descriptors to spare)."""
         self._open.add(peer)
         self._waiting[peer] = None
         limit = self.limits.fd_limit
         fd = peer.fileno()
-        if limit is None or fd is None or fd < limit - self.limits.fd_headroom:
+        if limit is None or fd is None or fd < 0:
             return True
-        if self._shed_one():
-            self._shed_one()  # and one more, to get back some headroom
+        self._fd_offset = fd - (len(self._open) + len(self._closing) - 1)
+        if fd < limit - self.limits.fd_headroom // 2:
             return True
-        self.count("refused")
-        self.closed(peer)
+        self.count("refused")  # only when descriptors were taken by something else meanwhile
+        self.closing(peer)
         return False
 
     def waiting(self, peer: Peer) -> None:
@@ -137,10 +153,18 @@ class ConnectionTable:
         self._waiting.pop(peer, None)
         self._streams.add(peer)
 
+    def closing(self, peer: Peer) -> None:
+        """``peer`` is being closed by this side: it no longer counts as open, but holds its descriptor."""
+        self._open.discard(peer)
+        self._waiting.pop(peer, None)
+        self._streams.discard(peer)
+        self._closing.add(peer)
+
     def closed(self, peer: Peer) -> None:
         self._open.discard(peer)
         self._waiting.pop(peer, None)
         self._streams.discard(peer)
+        self._closing.discard(peer)
 
     def handed_over(self, peer: Peer) -> None:
         """``peer``'s connection now belongs to another protocol (a WebSocket): no longer counted."""
@@ -152,7 +176,7 @@ class ConnectionTable:
             if scanned >= SHED_SCAN:
                 break
             if peer.shed_candidate(now):
-                self.closed(peer)
+                self.closing(peer)
                 self.count("shed")
                 peer.shed()
                 return True

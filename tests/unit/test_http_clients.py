@@ -264,25 +264,35 @@ def test_busy_connections_are_never_shed() -> None:
     assert server.connect()[0] is None
 
 
+FD_LIMITS = ConnectionLimits(max_connections=10_000, fd_limit=256)  # headroom 32: new ones up to fd 223
+
+
 def test_near_the_fd_limit_stalled_connections_are_shed_first() -> None:
-    """A new connection whose descriptor nears the soft limit sheds stalled ones instead of reaching EMFILE."""
-    limits = ConnectionLimits(max_connections=10_000, fd_limit=256)
-    server = Server(limits)
-    low = [server.connect(fileno=10 + i) for i in range(3)]
+    """A connection that would take a descriptor near the soft limit sheds a stalled one instead of meeting EMFILE."""
+    server = Server(FD_LIMITS)
+    low = [server.connect(fileno=fd) for fd in range(220, 224)]
     server.clock.advance(SHED_GRACE)
-    channel, transport = server.connect(fileno=256 - limits.fd_headroom)
+    channel, transport = server.connect(fileno=224)
     assert channel is not None and not transport.aborted
-    assert [t.aborted for _, t in low] == [True, True, False]
+    assert [t.aborted for _, t in low] == [True, False, False, False]
+    assert server.site.connections.totals["shed"] == 1
 
 
-def test_near_the_fd_limit_with_nothing_to_shed_the_new_connection_is_closed() -> None:
-    limits = ConnectionLimits(max_connections=10_000, fd_limit=256)
-    server = Server(limits)
-    server.connect(fileno=10)
-    channel, transport = server.connect(fileno=250)
+def test_near_the_fd_limit_with_nothing_to_shed_the_new_connection_is_refused_at_once() -> None:
+    server = Server(FD_LIMITS)
+    for fd in range(220, 224):
+        server.connect(fileno=fd)
+    assert server.connect(fileno=224)[0] is None  # the port closes the socket before accepting more
+    assert server.site.connections.totals["refused"] == 1
+
+
+def test_a_descriptor_past_the_headroom_is_closed_at_once() -> None:
+    """When something else took the descriptors meanwhile, the new connection is closed, never served into EMFILE."""
+    server = Server(FD_LIMITS)
+    channel, transport = server.connect(fileno=245)
     assert transport.aborted
     assert server.site.connections.totals["refused"] == 1
-    assert server.site.connections.open_count == 1
+    assert server.site.connections.open_count == 0
 
 
 def test_one_summary_line_per_interval(monkeypatch: pytest.MonkeyPatch) -> None:
