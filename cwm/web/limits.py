@@ -124,7 +124,6 @@ class LimitedChannel(http.HTTPChannel):
     _phase = _HEAD
     _phase_start = 0.0
     _last_byte = 0.0
-    _head_bytes = 0
     _depth = 0
     _deadline: IDelayedCall | None = None
 
@@ -145,7 +144,6 @@ class LimitedChannel(http.HTTPChannel):
     def _enter(self, phase: str) -> None:
         self._phase = phase
         self._phase_start = self._last_byte = self._now()
-        self._head_bytes = 0
         self._cancel_deadline()
         due = self._due()
         if due is not None:
@@ -187,7 +185,7 @@ class LimitedChannel(http.HTTPChannel):
             self._count("body_timeout")
             self.reject(408, f"Request body timeout: no progress for {self.limits.body_timeout:g} s, "
                              f"or slower than {MIN_BODY_RATE:g} bytes/s", counted=True)
-        elif self._phase == _HEAD and self._head_bytes:
+        elif self._phase == _HEAD and (hasattr(self, "_command") or self._buffer.strip()):
             self._count("header_timeout")
             self.reject(408, f"Request header timeout: the request head must arrive within "
                              f"{self.limits.header_timeout:g} s", counted=True)
@@ -242,9 +240,7 @@ class LimitedChannel(http.HTTPChannel):
             return  # discarded unread while the answer drains (see reject)
         if self._phase == _IDLE:
             self._enter(_HEAD)  # the next request's head is due header_timeout from its first byte
-        if self._phase == _HEAD:
-            self._head_bytes += len(data)
-        elif self._phase == _BODY:
+        if self._phase == _BODY:
             self._last_byte = self._now()
         self._depth += 1
         try:

@@ -155,6 +155,17 @@ def test_next_request_on_keep_alive_gets_the_header_deadline_from_its_first_byte
     assert status(transport) == 408
 
 
+def test_stray_crlf_after_a_request_is_closed_quietly_not_answered_408() -> None:
+    """A client may have a new request in flight: a 408 it did not ask for would be read as its answer."""
+    server = Server()
+    channel, transport = server.connect()
+    assert channel is not None
+    channel.dataReceived(b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\nhi\r\n")
+    transport.clear()
+    server.clock.advance(10)
+    assert transport.value() == b"" and transport.disconnecting
+
+
 def test_body_that_stops_gets_408_after_body_timeout() -> None:
     server = Server()
     channel, transport = server.connect()
