@@ -116,11 +116,13 @@ async def case_trickle(port: int, head: bytes, every: float, body: bytes = b"") 
         task.cancel()
 
 
-async def post_once(port: int, timeout: float = 60) -> float | None:
+async def post_once(port: int, timeout: float = 60, connects: list[float] | None = None) -> float | None:
     started = time.monotonic()
     try:
         async with asyncio.timeout(timeout):
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            if connects is not None:
+                connects.append(time.monotonic() - started)
             writer.write(POST)
             line = await reader.readline()
             writer.close()
@@ -206,11 +208,15 @@ def listen_overflows() -> int:
 async def burst(port: int, count: int = 2000) -> dict[str, Any]:
     before = listen_overflows()
     started = time.monotonic()
-    results = await asyncio.gather(*(post_once(port, 90) for _ in range(count)))
+    connects: list[float] = []
+    results = await asyncio.gather(*(post_once(port, 90, connects) for _ in range(count)))
     answered = [r for r in results if r is not None]
+    # A connect that took a second or more had its SYN dropped (the accept queue was full)
+    # and retransmitted; the machine-wide overflow counter also counts other processes.
     return {"answered": len(answered), "failed": count - len(answered),
             "slowest_s": round(max(answered), 2) if answered else None,
-            "wall_s": round(time.monotonic() - started, 2), "listen_overflows": listen_overflows() - before}
+            "connects_retried": sum(c >= 0.9 for c in connects),
+            "wall_s": round(time.monotonic() - started, 2), "listen_overflows_host": listen_overflows() - before}
 
 
 async def ulimit_case(port: int) -> dict[str, Any]:
@@ -248,6 +254,7 @@ def main() -> None:
     parser.add_argument("--tree", default=None)
     parser.add_argument("--label", default="this tree")
     parser.add_argument("--bursts", type=int, default=3)
+    parser.add_argument("--only-bursts", action="store_true", help="run only the bursts of 2,000 connections")
     args = parser.parse_args()
     resource.setrlimit(resource.RLIMIT_NOFILE, (8192, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
     tree = args.tree
@@ -265,19 +272,20 @@ def main() -> None:
         done = await asyncio.gather(*cases.values())
         return list(zip(cases, done))
 
-    singles, process = run(single_cases, tree)
-    rows.extend(singles)
-    rows.append(("listen backlog (ss Send-Q)", None))
-    probe = start(tree)
-    rows[-1] = ("listen backlog (ss Send-Q)", backlog_of(probe.port))
-    probe.stop()
-    rows.append(("slowloris 500 + normal client", run(slowloris, tree)[0]))
-    rows.append(("flood 1,000 past MAX_CONNECTIONS=100", run(flood, tree, {"MAX_CONNECTIONS": "100",
-                                                                           "HTTP_HEADER_TIMEOUT": "60"})[0]))
+    if not args.only_bursts:
+        singles, process = run(single_cases, tree)
+        rows.extend(singles)
+        probe = start(tree)
+        rows.append(("listen backlog (ss Send-Q)", backlog_of(probe.port)))
+        probe.stop()
+        rows.append(("slowloris 500 + normal client", run(slowloris, tree)[0]))
+        rows.append(("flood 1,000 past MAX_CONNECTIONS=100", run(flood, tree, {"MAX_CONNECTIONS": "100",
+                                                                               "HTTP_HEADER_TIMEOUT": "60"})[0]))
     for i in range(args.bursts):
         rows.append((f"burst of 2,000 connections (run {i + 1})", run(burst, tree)[0]))
-    rows.append(("ulimit -n 256: 400 stalled, then 50 POSTs", run(ulimit_case, tree, {"HTTP_HEADER_TIMEOUT": "60"},
-                                                                       nofile=256)[0]))
+    if not args.only_bursts:
+        rows.append(("ulimit -n 256: 400 stalled, then 50 POSTs",
+                     run(ulimit_case, tree, {"HTTP_HEADER_TIMEOUT": "60"}, nofile=256)[0]))
     print(f"\n| case ({args.label}) | outcome |\n|---|---|")
     for name, outcome in rows:
         print(f"| {name} | {json.dumps(outcome) if not isinstance(outcome, str) else outcome} |")

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
@@ -218,8 +218,3 @@ class ConnectionTable:
             rejected=tally["rejected"],
             open=len(self._open),
         )
-
-    def describe(self) -> dict[str, Any]:
-        """Counts for a status page."""
-        return {"open": len(self._open), "waiting": len(self._waiting), "streams": len(self._streams),
-                **dict(self.totals)}
