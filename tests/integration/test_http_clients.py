@@ -16,8 +16,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import pytest_twisted
+from twisted.internet import reactor
+from twisted.internet.task import deferLater
+from twisted.internet.threads import deferToThread
 
+from tests.integration.connect_clients import SSEClient, WSClient
 from tests.integration.cwm_process import CwmProcess, start_cwm
+from tests.integration.redis_server import RedisServer
 
 pytestmark = pytest.mark.integration
 
@@ -219,5 +225,41 @@ def test_fd_limit_stalled_connections_are_shed_for_new_posts(
         used = cpu_seconds(cwm.process.pid) - before
         assert used < 0.5 * (time.monotonic() - started) + 0.2, "busy loop at the fd limit"
         assert not any("EMFILE" in line for line in cwm.lines)
+    finally:
+        cwm.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_connect_streams_outlive_the_http_timeouts_and_leave_no_slot_behind(
+    tmp_path: Path, redis: RedisServer, redis_prefix: str
+) -> None:
+    """Webhook Connect streams keep their own heartbeat rules: an SSE stream outlives short HTTP
+    timeouts, and WebSockets, once handed to their protocol, hold no MAX_CONNECTIONS slot after they close."""
+    channel, token = "ch-http", "tok-http-1"
+    env = {
+        "WEBHOOK_CONNECT_ENABLED": "true",
+        "WEBHOOK_CONNECT_REDIS_URL": redis.url,
+        "WEBHOOK_CONNECT_KEY_PREFIX": redis_prefix,
+        "WEBHOOK_CONNECT_INSTANCE_ID": "test-http",
+        "HTTP_HEADER_TIMEOUT": "1",
+        "HTTP_IDLE_TIMEOUT": "1",
+        "MAX_CONNECTIONS": "3",
+    }
+    hooks = {"relay": {"module": "webhook_connect", "data_type": "json",
+                       "module-config": {"channel": channel, "channel_token": token}}}
+    cwm = start_cwm(tmp_path, hooks, env=env)
+    try:
+        cwm.wait_for(r"configuration loaded")
+        base = f"http://127.0.0.1:{cwm.port}"
+        stream = await SSEClient.open(base, channel, token)
+        for _ in range(4):  # more than the cap: each must give its slot back
+            socket_client = await WSClient.open(cwm.port, channel, token)
+            await socket_client.close()
+        await deferLater(reactor, 2.5, lambda: None)  # past both HTTP timeouts
+        code, _, _ = await deferToThread(cwm.post, "/webhook/relay", {"n": 1})
+        assert code == 200
+        message, _ = await stream.next_webhook()
+        assert message["payload"] == {"n": 1}
+        stream.close()
     finally:
         cwm.stop()
