@@ -56,7 +56,16 @@ def json_error_bytes(detail: str) -> bytes:
     return json.dumps({"detail": detail}).encode("utf-8")
 
 
-class LimitedRequest(server.Request):
+class NamedRequest(server.Request):
+    """A request whose answer says ``Server: cwm``; Twisted's would name itself and its version."""
+
+    def write(self, data: bytes) -> None:
+        if not self.startedWriting:
+            self.responseHeaders.setRawHeaders(b"Server", [SERVER])
+        super().write(data)
+
+
+class LimitedRequest(NamedRequest):
     """A request that counts its body as it arrives and keeps it in memory.
 
     The body is capped by the channel, so it never needs a temporary file.
@@ -77,12 +86,6 @@ class LimitedRequest(server.Request):
             self.finish()
             return
         super().process()
-
-    def write(self, data: bytes) -> None:
-        if not self.startedWriting:
-            # Twisted names itself and its version in every answer.
-            self.responseHeaders.setRawHeaders(b"Server", [SERVER])
-        super().write(data)
 
     def handleContentChunk(self, data: bytes) -> None:
         channel = self.channel

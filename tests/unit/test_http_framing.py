@@ -9,9 +9,10 @@ from klein import Klein
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.web.resource import Resource
+from twisted.web.server import Site
 
 from cwm.web.framing import host_problem
-from cwm.web.limits import LimitedChannel, LimitedSite
+from cwm.web.limits import LimitedChannel, LimitedSite, NamedRequest
 
 
 class Echo(Resource):
@@ -184,3 +185,15 @@ def test_server_header_on_early_rejections() -> None:
 )
 def test_host_problem(value: bytes, ok: bool) -> None:
     assert (host_problem(value) is None) == ok
+
+
+def test_named_request_on_a_plain_site() -> None:
+    """The connector's status page (a plain Site) answers ``Server: cwm`` too."""
+    site = Site(Echo(), requestFactory=NamedRequest, reactor=Clock())
+    channel = site.buildProtocol(None)
+    transport = StringTransport()
+    channel.makeConnection(transport)
+    channel.dataReceived(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+    head = transport.value().partition(b"\r\n\r\n")[0]
+    assert b"\r\nServer: cwm\r\n" in head and b"TwistedWeb" not in head
+    channel.connectionLost(None)
