@@ -11,7 +11,8 @@ when the client is too slow.
 
 Deadlines replace Twisted's idle timeout, which every byte re-arms (a client
 sending one byte every 20 s held a connection forever): the head of a request
-must arrive within ``header_timeout`` of its first byte, a body may not pause
+must arrive within ``header_timeout`` of its first byte (of the connection, for
+the first request), a body may not pause
 longer than ``body_timeout`` nor crawl below ``MIN_BODY_RATE``, and a
 keep-alive connection is closed after ``idle_timeout`` without a request. A
 request being answered has no deadline here (the pipeline bounds its own
