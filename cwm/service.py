@@ -6,6 +6,7 @@ The only module that may import the global reactor, and only lazily.
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import sys
 from collections.abc import Callable, Mapping
@@ -23,7 +24,9 @@ from cwm.modules.runtime import ModulesService, module_context
 from cwm.pipeline import WebhookPipeline
 from cwm.readiness import Readiness, config_component, connect_components, etcd_component, vault_component
 from cwm.settings import ReceiverOptions, Settings
+from cwm.web.connections import ConnectionLimits
 from cwm.web.limits import LimitedSite
+from cwm.web.listen import with_backlog
 from cwm.web.receiver import WebhookReceiver
 
 if TYPE_CHECKING:
@@ -277,8 +280,16 @@ def build_receiver(
         ConnectAdmin(hub, admin_token, reactor).resource(),
         readiness,
     )
-    site = LimitedSite(receiver.resource(), settings.max_body_bytes, reactor)
-    StreamServerEndpointService(serverFromString(reactor, settings.listen), site).setServiceParent(top)
+    limits = ConnectionLimits(
+        header_timeout=settings.http_header_timeout,
+        body_timeout=settings.http_body_timeout,
+        idle_timeout=settings.http_idle_timeout,
+        max_connections=settings.max_connections,
+        fd_limit=resource.getrlimit(resource.RLIMIT_NOFILE)[0],
+    )
+    site = LimitedSite(receiver.resource(), settings.max_body_bytes, reactor, limits)
+    listen = with_backlog(settings.listen, settings.listen_backlog)
+    StreamServerEndpointService(serverFromString(reactor, listen), site).setServiceParent(top)
     return top, receiver, site
 
 

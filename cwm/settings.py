@@ -26,6 +26,7 @@ from cwm.config.vault import VaultSettings
 from cwm.connect.buffer import RedisAddress, parse_redis_url
 from cwm.errors import ConfigError
 from cwm.etcd.options import EtcdOptions
+from cwm.web.listen import DEFAULT_BACKLOG, default_backlog
 
 T = TypeVar("T")
 
@@ -96,6 +97,15 @@ class Settings:
         etcd: The etcd settings when the backend is etcd, else None.
         vault: The Vault settings when Vault references are enabled, else None.
         connect: Webhook Connect's settings when it is enabled, else None.
+        http_header_timeout: Seconds a request's head may take from its first
+            byte (``HTTP_HEADER_TIMEOUT``); more bytes do not extend it.
+        http_body_timeout: Seconds a request body may pause (``HTTP_BODY_TIMEOUT``).
+        http_idle_timeout: Seconds a keep-alive connection may wait for its
+            next request (``HTTP_IDLE_TIMEOUT``).
+        max_connections: Open connections past which new ones are closed at
+            once (``MAX_CONNECTIONS``).
+        listen_backlog: The listen backlog when ``listen`` names none: 511, or
+            the kernel's ``somaxconn`` when lower.
     """
 
     listen: str
@@ -109,6 +119,11 @@ class Settings:
     etcd: EtcdSettings | None = None
     vault: VaultSettings | None = None
     connect: ConnectSettings | None = None
+    http_header_timeout: float = 10.0
+    http_body_timeout: float = 30.0
+    http_idle_timeout: float = 60.0
+    max_connections: int = 10_000
+    listen_backlog: int = DEFAULT_BACKLOG
 
     @property
     def default_namespace(self) -> str:
@@ -253,6 +268,11 @@ def parse_settings(
         ),
         max_concurrent_tasks=source.get(None, "MAX_CONCURRENT_TASKS", integer(1, 100_000), 100),
         working_dir=working_dir,
+        http_header_timeout=source.get(None, "HTTP_HEADER_TIMEOUT", number(0.1, 86400.0), 10.0),
+        http_body_timeout=source.get(None, "HTTP_BODY_TIMEOUT", number(0.1, 86400.0), 30.0),
+        http_idle_timeout=source.get(None, "HTTP_IDLE_TIMEOUT", number(0.1, 86400.0), 60.0),
+        max_connections=source.get(None, "MAX_CONNECTIONS", integer(1, 10_000_000), 10_000),
+        listen_backlog=default_backlog(),
     )
 
 

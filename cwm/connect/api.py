@@ -31,6 +31,7 @@ from cwm.connect.buffer import Buffered, ChannelCounts
 from cwm.connect.hub import RESUME_GRACE, Channel, ConnectHub, Connection, NotInFlight, iso
 from cwm.errors import HTTPError
 from cwm.web.errors import install_json_errors, json_answer
+from cwm.web.limits import mark_streaming
 
 FULL_RETRY_AFTER = 5
 
@@ -239,6 +240,7 @@ class ConnectStreams:
                 f"Max connections reached ({channel.config.max_connections}) for channel '{channel.name}'",
                 {"Retry-After": str(FULL_RETRY_AFTER)},
             )
+        mark_streaming(request)  # a stream keeps its own heartbeat rules, not the HTTP timeouts
         return connection
 
     @app.route("/stream/<channel>", methods=["GET"])

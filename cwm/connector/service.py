@@ -30,6 +30,7 @@ from cwm.connector.streams import CloudLink
 from cwm.errors import ConfigError
 from cwm.modules.runtime import close_pools
 from cwm.web.errors import install_json_errors, json_answer
+from cwm.web.limits import NamedRequest
 
 COUNTERS_LOG_INTERVAL = 60.0
 
@@ -232,7 +233,7 @@ def build_connector(settings: ConnectorSettings, reactor: Any, environ: Mapping[
     if settings.status_listen:
         page = StatusPage(connector)
         StreamServerEndpointService(
-            serverFromString(reactor, settings.status_listen), Site(page.resource())
+            serverFromString(reactor, settings.status_listen), Site(page.resource(), requestFactory=NamedRequest)
         ).setServiceParent(top)
     return top, connector
 

@@ -93,8 +93,8 @@ def test_too_many_headers_is_431() -> None:
 def test_hundred_headers_are_fine() -> None:
     """Exactly 100 headers are accepted."""
     channel, transport = connect()
-    headers = b"".join(b"X-H%d: v\r\n" % i for i in range(99))
-    channel.dataReceived(b"POST /x HTTP/1.1\r\nContent-Length: 0\r\n" + headers + b"\r\n")
+    headers = b"".join(b"X-H%d: v\r\n" % i for i in range(98))
+    channel.dataReceived(b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n" + headers + b"\r\n")
     assert transport.value().startswith(b"HTTP/1.1 200")
 
 
@@ -133,7 +133,7 @@ def test_malformed_requests_get_json_400(raw: bytes, reason: str) -> None:
 def test_non_utf8_path_is_json_400() -> None:
     """A path that is not UTF-8 is a JSON 400, not Klein's plain text."""
     channel, transport = connect()
-    channel.dataReceived(b"POST /%ff HTTP/1.1\r\nContent-Length: 0\r\n\r\n")
+    channel.dataReceived(b"POST /%ff HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n")
     assert answer(transport) == (400, {"detail": "Request path is not valid UTF-8"})
 
 
@@ -161,7 +161,7 @@ def test_rejection_half_closes_then_cuts_after_linger() -> None:
     channel = site.buildProtocol(None)
     transport = TCPLikeTransport()
     channel.makeConnection(transport)
-    channel.dataReceived(b"POST /x HTTP/1.1\r\nContent-Length: 99\r\n\r\n")
+    channel.dataReceived(b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 99\r\n\r\n")
     assert answer(transport)[0] == 413
     assert transport.write_closed and not transport.aborted
     channel.dataReceived(b"y" * 100_000)
@@ -179,6 +179,6 @@ def test_client_closing_first_cancels_the_linger_timer() -> None:
     channel = site.buildProtocol(None)
     transport = TCPLikeTransport()
     channel.makeConnection(transport)
-    channel.dataReceived(b"POST /x HTTP/1.1\r\nContent-Length: 99\r\n\r\n")
+    channel.dataReceived(b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 99\r\n\r\n")
     channel.connectionLost(Failure(ConnectionDone()))
     assert clock.getDelayedCalls() == [] and not transport.aborted
