@@ -173,7 +173,7 @@ def _store(
     context, pools = module_context(reactor, stdout, working_dir or FilePath(os.getcwd()))
     store = ConfigStore(context, environ)
     # Added before the source, so the source stops first.
-    ModulesService(store, pools).setServiceParent(parent)
+    ModulesService(store, pools, context).setServiceParent(parent)
     return store, pools
 
 

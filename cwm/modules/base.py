@@ -6,10 +6,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import IO, Any, Protocol
 
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.python.filepath import FilePath
 
 from cwm.errors import HTTPError
+from cwm.workers import BlockingWork, NoWorkers
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +86,14 @@ class Module(Protocol):
         """Release what the instance holds; called when its entry goes away."""
 
 
+class TextOutput(Protocol):
+    """Where the ``log`` module's text goes (``cwm.modules.output``)."""
+
+    def write(self, text: str) -> Deferred[None]:
+        """Fires once ``text`` is written; fails with ModuleUnavailable when it cannot be."""
+        ...
+
+
 # ``treq.client.HTTPClient`` in production, ``treq.testing.StubTreq`` in tests:
 # they share their API but no class, so the field is typed loosely.
 HTTPClientLike = Any
@@ -106,6 +116,12 @@ class ModuleContext:
         connect: The Webhook Connect hub (``cwm.connect.hub.ConnectHub``), or
             None when Webhook Connect is off.
         entry: (namespace, webhook_id) of the entry the module is built for.
+        files: Where modules run their blocking file work: the bounded file
+            threads of ``cwm.modules.runtime`` (a context built without them,
+            to validate entries, refuses such work).
+        output: The ``log`` module's non-blocking writer
+            (``cwm.modules.output``); None writes to ``stdout`` directly
+            (tests).
     """
 
     clock: IReactorTime
@@ -116,6 +132,8 @@ class ModuleContext:
     connections: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     connect: Any = None
     entry: tuple[str, str] | None = None
+    files: BlockingWork = field(default_factory=NoWorkers)
+    output: TextOutput | None = None
 
 
 ModuleFactory = Callable[[Mapping[str, Any], ModuleContext], Module]

@@ -21,9 +21,14 @@ from typing import IO, Any
 from twisted.logger import Logger
 
 from cwm.modules._config import get_bool, reject_unknown_keys
-from cwm.modules.base import ModuleContext, ModuleUnavailable, WebhookEvent
+from cwm.modules.base import ModuleContext, ModuleUnavailable, TextOutput, WebhookEvent
+from cwm.modules.output import DirectOutput
+from cwm.workers import BlockingWork, InlineWork, WorkersBusy
 
 REDACTED = "[REDACTED]"
+
+LARGE_BODY = 256 * 1024
+"""Bodies over this many bytes are rendered away from the reactor thread."""
 
 PRETTY_PAYLOAD_LIMIT = 10_000
 """Characters of payload text a pretty-printed webhook shows at most."""
@@ -141,8 +146,18 @@ class LogModule:
 
     _log = Logger()
 
-    def __init__(self, stdout: IO[str], pretty_print: bool, redact_sensitive: bool) -> None:
-        self._stdout = stdout
+    def __init__(
+        self,
+        stdout: IO[str],
+        pretty_print: bool,
+        redact_sensitive: bool,
+        output: TextOutput | None = None,
+        files: BlockingWork | None = None,
+    ) -> None:
+        """``output``: where the text goes (``cwm.modules.output``); by default
+        ``stdout`` directly. ``files``: where large bodies are rendered."""
+        self._output: TextOutput = output if output is not None else DirectOutput(stdout)
+        self._files: BlockingWork = files if files is not None else InlineWork()
         self._pretty_print = pretty_print
         self._redact_sensitive = redact_sensitive
 
@@ -196,20 +211,27 @@ class LogModule:
         return "\n".join(lines) + "\n"
 
     async def deliver(self, event: WebhookEvent) -> None:
-        """Write the webhook and flush, so a crash right after loses nothing."""
-        text = self.render(event)
-        try:
-            self._stdout.write(text)
-            self._stdout.flush()
-        except (OSError, ValueError) as error:
-            # ValueError: the stream was closed.
-            reason = getattr(error, "strerror", None) or type(error).__name__
-            self._log.error(
-                "could not write webhook {request_id} to stdout: {reason}",
-                request_id=event.request_id,
-                reason=reason,
-            )
-            raise ModuleUnavailable(f"could not write to stdout: {reason}") from error
+        """Hand the text to the output; return once it is written and flushed.
+
+        A body over ``LARGE_BODY`` is rendered on the file threads, so that
+        masking and serialising it never holds the reactor thread.
+
+        Raises:
+            ModuleUnavailable: the output's buffer is full or the write
+                failed (503 with Retry-After).
+        """
+        if len(event.body) > LARGE_BODY:
+            try:
+                text = await self._files.run(self.thd_render, event)
+            except WorkersBusy:
+                raise ModuleUnavailable("could not log the webhook: the server is busy", retry_after=5) from None
+        else:
+            text = self.render(event)
+        await self._output.write(text)
+
+    def thd_render(self, event: WebhookEvent) -> str:
+        """``render`` on a file thread: it reads ``event`` and the module's settings only."""
+        return self.render(event)
 
     async def close(self) -> None:
         """Nothing to release: the stream belongs to the process."""
@@ -228,4 +250,6 @@ def build(module_config: Mapping[str, Any], ctx: ModuleContext) -> LogModule:
         stdout=ctx.stdout,
         pretty_print=get_bool(module_config, "pretty_print", False),
         redact_sensitive=get_bool(module_config, "redact_sensitive", True),
+        output=ctx.output,
+        files=ctx.files,
     )

@@ -23,9 +23,19 @@ from cwm.errors import ConfigError
 from cwm.etcd.mirror import DELETE, Change, Entry
 from cwm.etcd.watch import PrefixWatch
 from cwm.modules.base import ModuleContext
+from cwm.modules import runtime
+from cwm.modules.output import DirectOutput
+from cwm.workers import InlineWork
 from tests.unit.test_receiver import RecordingModule
 
 _sync = SynchronousTestCase()
+
+
+@pytest.fixture(autouse=True)
+def inline_io(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Clock runs no threads: the modules' file work and stdout writes happen inline in these tests."""
+    monkeypatch.setattr(runtime, "ThreadWorkers", lambda *args: InlineWork())
+    monkeypatch.setattr(runtime, "StdoutWriter", lambda reactor, stream: DirectOutput(stream))
 NOW = 1_700_000_000.0
 
 
@@ -295,7 +305,7 @@ def test_close_closes_every_module() -> None:
 def real_store(tmp_path: Path, environ: Mapping[str, str], stdout: io.StringIO | None = None) -> tuple[ConfigStore, Clock]:
     clock = Clock()
     clock.advance(NOW)
-    context = ModuleContext(clock, stdout or io.StringIO(), None, None, FilePath(str(tmp_path)))
+    context = ModuleContext(clock, stdout or io.StringIO(), None, None, FilePath(str(tmp_path)), files=InlineWork())
     return ConfigStore(context, environ), clock
 
 
