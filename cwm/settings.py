@@ -89,6 +89,10 @@ class Settings:
         etcd: The etcd settings when the backend is etcd, else None.
         vault: The Vault settings when Vault references are enabled, else None.
         connect: Webhook Connect's settings when it is enabled, else None.
+        gc_freeze: Once the configuration is loaded, move every object built
+            so far out of the garbage collector's reach (``gc.freeze()``), so
+            that full collections stay short with many webhooks
+            (``GC_FREEZE_AFTER_LOAD``).
     """
 
     listen: str
@@ -102,6 +106,7 @@ class Settings:
     etcd: EtcdSettings | None = None
     vault: VaultSettings | None = None
     connect: ConnectSettings | None = None
+    gc_freeze: bool = True
 
     @property
     def default_namespace(self) -> str:
@@ -246,6 +251,7 @@ def parse_settings(
         ),
         max_concurrent_tasks=source.get(None, "MAX_CONCURRENT_TASKS", integer(1, 100_000), 100),
         working_dir=working_dir,
+        gc_freeze=source.get(None, "GC_FREEZE_AFTER_LOAD", boolean, True),
     )
 
 
