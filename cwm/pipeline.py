@@ -60,21 +60,25 @@ LARGE_BODY = 256 * 1024
 """Bodies over this many bytes are parsed and schema-checked away from the reactor thread."""
 
 
-def parse_and_check(data_type: str, payload_check: PayloadCheck | None, request: InboundRequest) -> Any:
+def parse_and_check(
+    data_type: str, payload_check: PayloadCheck | None, request: InboundRequest, yielding: bool = False
+) -> Any:
     """The parsed payload, checked against the entry's schema; pure, so it may run on any thread.
+
+    ``yielding``: see ``parse_body``.
 
     Raises:
         HTTPError: 4xx for a body that cannot be parsed or fails the schema.
     """
-    payload = parse_body(data_type, request.body, request.header("content-type"))
+    payload = parse_body(data_type, request.body, request.header("content-type"), yielding=yielding)
     if payload_check is not None:
         payload_check(request, payload)
     return payload
 
 
 def thd_parse_and_check(data_type: str, payload_check: PayloadCheck | None, request: InboundRequest) -> Any:
-    """``parse_and_check`` on a body thread."""
-    return parse_and_check(data_type, payload_check, request)
+    """``parse_and_check`` on a body thread, leaving the GIL to the reactor thread every few milliseconds."""
+    return parse_and_check(data_type, payload_check, request, yielding=True)
 
 
 class WebhookPipeline:

@@ -59,6 +59,9 @@ _SYSTEM_TREES = (
 )
 _SYSTEM_LIB_TREE = re.compile(r"^/(usr/)?lib[^/]*(/|$)")
 
+LARGE_PAYLOAD = 256 * 1024
+"""Bodies over this many bytes are serialised in small steps (see ``thd_save``)."""
+
 BUSY_RETRY_AFTER = 5
 """Seconds a sender waits before retrying when too many writes already wait for the disk."""
 
@@ -244,11 +247,19 @@ class DiskModule:
     def thd_save(self, event: WebhookEvent) -> str:
         """Serialise and write ``event`` (on a file thread); returns the file's name.
 
+        A large JSON payload is serialised by the Python-level encoder: the C
+        one holds the GIL for the whole document, stalling the reactor thread.
+
         Raises:
             OSError: the file system refused.
             ModuleUnavailable: no free name, or the target escapes base_dir.
         """
-        return self._write(self.file_content(event), self.file_name(event))
+        if event.data_type != "blob" and len(event.body) > LARGE_PAYLOAD:
+            encoder = json.JSONEncoder(ensure_ascii=False)
+            content = "".join(encoder.iterencode(event.payload)).encode("utf-8")
+        else:
+            content = self.file_content(event)
+        return self._write(content, self.file_name(event))
 
     def _write(self, content: bytes, name: str) -> str:
         real_base = os.path.realpath(self._base_dir)
