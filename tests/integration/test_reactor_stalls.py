@@ -225,3 +225,52 @@ def test_ten_mb_json_body_does_not_stall_health(tmp_path: Path, big_body: bytes)
         assert len(saved) == 1 and json.loads(saved[0].read_bytes())["event"] == "bulk"
     finally:
         process.stop()
+
+
+# --- a stdout pipe nobody reads, under the log module ------------------------------------------
+
+
+def test_full_stdout_pipe_does_not_stall_health_and_ends_in_503(tmp_path: Path) -> None:
+    """The log module on a stdout nobody reads: 202 while the writer waits, 503 + Retry-After past its buffer."""
+    import socket
+    import subprocess as sp
+
+    from tests.integration.cwm_process import TWISTD
+
+    (tmp_path / "webhooks.json").write_text(json.dumps({"logged": {"module": "log", "response_timeout": 0.2}}))
+    (tmp_path / "connections.json").write_text("{}")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    logfile = tmp_path / "twistd.log"
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("CONFIG_", "WEBHOOK", "CONNECTOR_"))}
+    # twistd's own log goes to a file; stdout (the log module's) is a pipe this test never reads.
+    process = sp.Popen(
+        [TWISTD, "--pidfile=", "-n", f"--logfile={logfile}", "cwm", "--listen", f"tcp:{port}:interface=127.0.0.1",
+         "--webhooks", "webhooks.json", "--connections", "connections.json"],
+        cwd=tmp_path, env=environ, stdout=sp.PIPE, stderr=sp.DEVNULL,
+    )
+    try:
+        wait_for(lambda: logfile.exists() and f"starting on {port}" in logfile.read_text(), 30, "twistd to listen")
+        payload = json.dumps({"pad": "x" * 200_000}).encode()  # under LARGE_BODY: rendered on the reactor
+        statuses: list[int] = []
+        retry_after = None
+        with HealthProbe(port) as probe:
+            wait_for(lambda: len(probe.latencies) >= 5, 10, "the first probes")
+            for _ in range(80):  # 80 x 200 KB: well past the 64 KiB pipe and the 8 MiB buffer
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+                conn.request("POST", "/webhook/logged", body=payload, headers={"Content-Type": "application/json"})
+                response = conn.getresponse()
+                response.read()
+                statuses.append(response.status)
+                if response.status == 503:
+                    retry_after = response.getheader("Retry-After")
+                    break
+        print(f"full stdout pipe: answers {sorted(set(statuses))}, {len(probe.latencies)} probes, worst {probe.worst * 1000:.1f} ms")
+        assert statuses[-1] == 503 and retry_after == "5", statuses
+        assert 202 in statuses
+        assert probe.worst < HEALTH_BOUND, f"/health took {probe.worst:.3f} s while stdout was full"
+        assert "stdout is not keeping up" in logfile.read_text()
+    finally:
+        process.kill()
+        process.wait(10)
