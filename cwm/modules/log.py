@@ -161,8 +161,12 @@ class LogModule:
         self._pretty_print = pretty_print
         self._redact_sensitive = redact_sensitive
 
-    def render(self, event: WebhookEvent) -> str:
-        """The text written for ``event`` (newline-terminated); never mutates it."""
+    def render(self, event: WebhookEvent, yielding: bool = False) -> str:
+        """The text written for ``event`` (newline-terminated); never mutates it.
+
+        ``yielding``: serialise with the Python-level encoder, which lets other
+        threads run (the C one holds the GIL for a whole large document).
+        """
         headers = redact_headers(event.headers, self._redact_sensitive)
         if event.data_type == "blob" or isinstance(event.payload, (bytes, bytearray)):
             blob = (
@@ -187,6 +191,8 @@ class LogModule:
             "headers": headers,
             body_key: body,
         }
+        if yielding:
+            return "".join(json.JSONEncoder(default=_json_fallback).iterencode(record)) + "\n"
         return json.dumps(record, default=_json_fallback) + "\n"
 
     def _render_pretty(
@@ -231,7 +237,7 @@ class LogModule:
 
     def thd_render(self, event: WebhookEvent) -> str:
         """``render`` on a file thread: it reads ``event`` and the module's settings only."""
-        return self.render(event)
+        return self.render(event, yielding=True)
 
     async def close(self) -> None:
         """Nothing to release: the stream belongs to the process."""
