@@ -337,6 +337,25 @@ def test_save_to_disk_end_to_end_keeps_the_exact_bytes(tmp_path: Path) -> None:
     _sync.successResultOf(Deferred.fromCoroutine(delivery.close()))
 
 
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (b'{"a": "\\ud800"}', "lone UTF-16 surrogate"),
+        (b"[1e999]", "number is too large"),
+        (b"[" + b"9" * 5000 + b"]", "an integer has more than 4300 digits"),
+    ],
+)
+def test_json_the_parser_refuses_is_dead_lettered_at_once(tmp_path: Path, body: bytes, reason: str) -> None:
+    """The parser's decisions hold in module mode: never a requeue (or a file of Infinity) for a body that cannot succeed."""
+    store, clock = real_store(tmp_path, {})
+    store.replace_all({"default": {"doc": {"module": "save_to_disk", "module-config": {"path": "doc"}}}}, {})
+    store.mark_loaded()
+    delivery = ModuleDelivery(store, "default", clock)
+    outcome = _sync.successResultOf(Deferred.fromCoroutine(delivery.deliver(message("doc", body))))
+    assert (outcome.ack, outcome.retry) == (False, False) and reason in outcome.reason
+    assert not (tmp_path / "doc").exists()
+
+
 def test_log_module_end_to_end(tmp_path: Path) -> None:
     """A real log entry writes the relayed webhook as one JSON line."""
     stdout = io.StringIO()
