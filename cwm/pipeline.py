@@ -19,7 +19,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from cwm.auth import PayloadCheck
-from cwm.body import parse_body
+from cwm.body import LARGE_BODY, parse_body
 from cwm.config.model import DEFAULT_NAMESPACE, namespace_problem, webhook_id_problem
 from cwm.config.store import ConfigStore, Webhook
 from cwm.errors import HTTPError
@@ -55,10 +55,6 @@ ACCEPTED = Answer(
 )
 
 _TIMED_OUT = object()
-
-LARGE_BODY = 256 * 1024
-"""Bodies over this many bytes are parsed and schema-checked away from the reactor thread."""
-
 
 def parse_and_check(
     data_type: str, payload_check: PayloadCheck | None, request: InboundRequest, yielding: bool = False

@@ -27,6 +27,7 @@ from typing import Any
 
 from twisted.logger import Logger
 
+from cwm.body import LARGE_BODY
 from cwm.errors import ConfigError
 from cwm.modules._config import get_bool, get_str, reject_unknown_keys
 from cwm.modules.base import ModuleContext, ModuleUnavailable, WebhookEvent
@@ -58,9 +59,6 @@ _SYSTEM_TREES = (
     "/usr/sbin",
 )
 _SYSTEM_LIB_TREE = re.compile(r"^/(usr/)?lib[^/]*(/|$)")
-
-LARGE_PAYLOAD = 256 * 1024
-"""Bodies over this many bytes are serialised in small steps (see ``thd_save``)."""
 
 BUSY_RETRY_AFTER = 5
 """Seconds a sender waits before retrying when too many writes already wait for the disk."""
@@ -254,7 +252,7 @@ class DiskModule:
             OSError: the file system refused.
             ModuleUnavailable: no free name, or the target escapes base_dir.
         """
-        if event.data_type != "blob" and len(event.body) > LARGE_PAYLOAD:
+        if event.data_type != "blob" and len(event.body) > LARGE_BODY:
             encoder = json.JSONEncoder(ensure_ascii=False)
             content = "".join(encoder.iterencode(event.payload)).encode("utf-8")
         else:

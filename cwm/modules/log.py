@@ -20,15 +20,13 @@ from typing import IO, Any
 
 from twisted.logger import Logger
 
+from cwm.body import LARGE_BODY
 from cwm.modules._config import get_bool, reject_unknown_keys
 from cwm.modules.base import ModuleContext, ModuleUnavailable, TextOutput, WebhookEvent
 from cwm.modules.output import DirectOutput
 from cwm.workers import BlockingWork, InlineWork, WorkersBusy
 
 REDACTED = "[REDACTED]"
-
-LARGE_BODY = 256 * 1024
-"""Bodies over this many bytes are rendered away from the reactor thread."""
 
 PRETTY_PAYLOAD_LIMIT = 10_000
 """Characters of payload text a pretty-printed webhook shows at most."""

@@ -131,7 +131,7 @@ def test_save_to_disk_with_the_file_threads_full_is_503_with_retry_after(tmp_pat
 def test_save_to_disk_of_a_large_payload_writes_the_same_json(tmp_path: Path) -> None:
     payload = {"items": [{"n": i, "s": "é" * 10} for i in range(20_000)]}
     body = json.dumps(payload).encode()
-    assert len(body) > disk.LARGE_PAYLOAD
+    assert len(body) > disk.LARGE_BODY
     module = disk.build({"path": "out"}, context(tmp_path, InlineWork()))
     _sync.successResultOf(Deferred.fromCoroutine(module.deliver(event(body, payload))))
     (saved,) = (tmp_path / "out").iterdir()

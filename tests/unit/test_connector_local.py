@@ -356,6 +356,38 @@ def test_json_the_parser_refuses_is_dead_lettered_at_once(tmp_path: Path, body: 
     assert not (tmp_path / "doc").exists()
 
 
+def test_a_large_message_is_parsed_on_the_file_threads(tmp_path: Path) -> None:
+    """Module mode parses a body over LARGE_BODY off the reactor thread; busy threads requeue it."""
+    from cwm.body import LARGE_BODY
+    from cwm.workers import WorkersBusy
+
+    calls: list[Any] = []
+
+    class Files:
+        busy = False
+
+        def run(self, function: Any, *args: Any) -> Deferred[Any]:
+            calls.append(function.__name__)
+            if self.busy:
+                raise_busy: Deferred[Any] = Deferred()
+                raise_busy.errback(WorkersBusy("busy"))
+                return raise_busy
+            return InlineWork().run(function, *args)
+
+    files = Files()
+    store, clock = real_store(tmp_path, {})
+    store.replace_all({"default": {"doc": {"module": "save_to_disk", "module-config": {"path": "doc"}}}}, {})
+    store.mark_loaded()
+    delivery = ModuleDelivery(store, "default", clock, files=files)
+    big = json.dumps({"pad": "x" * LARGE_BODY}).encode()
+    assert _sync.successResultOf(Deferred.fromCoroutine(delivery.deliver(message("doc", big)))) == DELIVERED
+    assert _sync.successResultOf(Deferred.fromCoroutine(delivery.deliver(message("doc", b'{"small": 1}')))) == DELIVERED
+    assert calls == ["thd_parse_body"]
+    files.busy = True
+    outcome = _sync.successResultOf(Deferred.fromCoroutine(delivery.deliver(message("doc", big))))
+    assert (outcome.ack, outcome.retry) == (False, True) and "busy" in outcome.reason
+
+
 def test_log_module_end_to_end(tmp_path: Path) -> None:
     """A real log entry writes the relayed webhook as one JSON line."""
     stdout = io.StringIO()
