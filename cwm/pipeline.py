@@ -56,6 +56,7 @@ ACCEPTED = Answer(
 
 _TIMED_OUT = object()
 
+
 def parse_and_check(
     data_type: str, payload_check: PayloadCheck | None, request: InboundRequest, yielding: bool = False
 ) -> Any:

@@ -277,7 +277,7 @@ def build_receiver(
 
 
 BODY_THREADS = 2
-"""Threads that parse bodies over ``cwm.pipeline.LARGE_BODY``."""
+"""Threads that parse bodies over ``cwm.body.LARGE_BODY``."""
 
 BODY_QUEUE_LIMIT = 16
 """Large bodies accepted for parsing at once; past it the sender gets 503 with Retry-After."""

@@ -83,7 +83,12 @@ class ThreadWorkers(Service):
             self.pending -= 1
             return result
 
-        return deferToThreadPool(self._reactor, self._pool, function, *args).addBoth(done)
+        # A caller that cancels (a client that went away) gets its answer at
+        # once, but the call still holds its place until the thread is done
+        # with it: otherwise cancelling would get around the bound.
+        answer: Deferred[T] = Deferred()
+        deferToThreadPool(self._reactor, self._pool, function, *args).addBoth(done).chainDeferred(answer)
+        return answer
 
     def stopService(self) -> Deferred[None]:
         """Let the running and queued work finish, then end the threads; fires when they have.

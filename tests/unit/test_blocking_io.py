@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from twisted.internet.defer import Deferred, fail
+from twisted.internet.defer import CancelledError, Deferred, fail
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from twisted.python.filepath import FilePath
@@ -153,8 +153,11 @@ def test_thread_workers_refuse_past_their_queue_limit() -> None:
     third = workers.run(lambda: 3)
     _sync.failureResultOf(third, WorkersBusy)
     assert (workers.pending, workers.refused) == (2, 1)
-    for d in (first, second):
-        d.addErrback(lambda _: None)
+    first.cancel()  # the caller went away; the call still waits for its thread
+    _sync.failureResultOf(first, CancelledError)
+    _sync.failureResultOf(workers.run(lambda: 4), WorkersBusy)
+    assert (workers.pending, workers.refused) == (2, 2)
+    second.addErrback(lambda _: None)
 
 
 def test_thread_workers_run_on_their_own_threads_and_stop() -> None:
