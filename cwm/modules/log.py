@@ -5,6 +5,10 @@ By default one JSON line per webhook, for log collectors; with
 terminal. Credentials are masked before anything is written: the
 Authorization header always, other credential headers and sensitive payload
 keys unless ``redact_sensitive`` is false.
+
+The text goes to the module context's output (``cwm.modules.output``): a
+writer thread in front of stdout, or twistd's log when twistd runs as a
+daemon; the reactor thread never waits on a pipe.
 """
 
 from __future__ import annotations
