@@ -4,9 +4,16 @@ from __future__ import annotations
 
 import codecs
 import json
+import math
+import re
+import sys
+from json.scanner import py_make_scanner  # type: ignore[attr-defined]
 from typing import Any
 
 from cwm.errors import HTTPError
+
+LARGE_BODY = 256 * 1024
+"""Bodies over this many bytes are parsed (and serialised again) away from the reactor thread."""
 
 MAX_JSON_DEPTH = 50
 MAX_JSON_STRING = 1024 * 1024
@@ -37,12 +44,41 @@ def charset_of(content_type: str | None) -> str:
     return "utf-8"
 
 
+class _NotJSON(ValueError):
+    """A constant the json module accepts and JSON does not (NaN, Infinity)."""
+
+
 def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
+    raise _NotJSON(f"{name} is not valid JSON")
 
 
-def parse_body(data_type: str, body: bytes, content_type: str | None) -> Any:
+# A \uD800-\uDFFF escape: a UTF-16 surrogate, valid only as half of a pair.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89abcdefABCDEF]")
+
+
+def _loads(text: str, yielding: bool) -> Any:
+    if not yielding:
+        return json.loads(text, parse_constant=_reject_constant)
+    # The C scanner holds the GIL for a whole document (0.3 s for 10 MB),
+    # stalling every other thread; the Python-level one lets them run every
+    # few milliseconds, at several times the cost.
+    decoder = json.JSONDecoder(parse_constant=_reject_constant)
+    decoder.scan_once = py_make_scanner(decoder)  # type: ignore[attr-defined]
+    return decoder.decode(text)
+
+
+def parse_body(data_type: str, body: bytes, content_type: str | None, *, yielding: bool = False) -> Any:
     """The payload a module receives.
+
+    ``yielding``: parse so that other threads keep running (for a large body
+    parsed off the reactor thread); slower.
+
+    JSON is refused (400) where a module could not pass it on as JSON: a
+    lone surrogate escape (``"\ud800"``: not Unicode, cannot be written as
+    UTF-8), a number too large for a double (``1e999``: would become
+    Infinity), an integer of more digits than Python converts, NaN and
+    Infinity, nesting past ``MAX_JSON_DEPTH`` and strings past
+    ``MAX_JSON_STRING``. Every module and the connector parse through here.
 
     Raises:
         HTTPError: 415 for an unsupported data_type or charset, 400 with the
@@ -66,23 +102,32 @@ def parse_body(data_type: str, body: bytes, content_type: str | None) -> Any:
     except UnicodeDecodeError:
         raise HTTPError(400, f"Malformed JSON payload: body is not valid {charset}") from None
     try:
-        payload = json.loads(text, parse_constant=_reject_constant)
+        payload = _loads(text, yielding)
     except RecursionError:
         raise HTTPError(400, f"Malformed JSON payload: nesting deeper than {MAX_JSON_DEPTH}") from None
-    except ValueError as e:
+    except (json.JSONDecodeError, _NotJSON) as e:
         raise HTTPError(400, f"Malformed JSON payload: {e}") from None
-    problem = _shape_problem(payload)
+    except ValueError:
+        # The only other ValueError: int() refusing a number of too many digits.
+        raise HTTPError(
+            400, f"Malformed JSON payload: an integer has more than {sys.get_int_max_str_digits()} digits"
+        ) from None
+    # A strict decode cannot produce a lone surrogate; only a \u escape can.
+    problem = _shape_problem(payload, surrogates=_SURROGATE_ESCAPE.search(text) is not None)
     if problem:
         raise HTTPError(400, f"Malformed JSON payload: {problem}")
     return payload
 
 
-def _shape_problem(payload: Any) -> str | None:
-    """Depth and string-size limits, checked without recursion."""
-    if isinstance(payload, str):
-        return _string_problem(payload)
+def thd_parse_body(data_type: str, body: bytes, content_type: str | None) -> Any:
+    """``parse_body`` on a worker thread, leaving the GIL to the reactor thread every few milliseconds."""
+    return parse_body(data_type, body, content_type, yielding=True)
+
+
+def _shape_problem(payload: Any, surrogates: bool) -> str | None:
+    """Depth, string size, number range and (with ``surrogates``) lone surrogates, checked without recursion."""
     if not isinstance(payload, (dict, list)):
-        return None
+        return _scalar_problem(payload, surrogates)
     stack: list[tuple[Any, int]] = [(payload, 1)]
     while stack:
         node, depth = stack.pop()
@@ -90,17 +135,29 @@ def _shape_problem(payload: Any) -> str | None:
             return f"nesting deeper than {MAX_JSON_DEPTH}"
         items = node.items() if isinstance(node, dict) else enumerate(node)
         for key, value in items:
-            if isinstance(key, str) and len(key) > MAX_JSON_STRING:
-                return _string_problem(key)
-            if isinstance(value, str):
-                if len(value) > MAX_JSON_STRING:
-                    return _string_problem(value)
-            elif isinstance(value, (dict, list)):
+            if isinstance(key, str) and (surrogates or len(key) > MAX_JSON_STRING):
+                problem = _scalar_problem(key, surrogates)
+                if problem:
+                    return problem
+            if isinstance(value, (dict, list)):
                 stack.append((value, depth + 1))
+            elif isinstance(value, float) or (isinstance(value, str) and (surrogates or len(value) > MAX_JSON_STRING)):
+                problem = _scalar_problem(value, surrogates)
+                if problem:
+                    return problem
     return None
 
 
-def _string_problem(value: str) -> str | None:
+def _scalar_problem(value: Any, surrogates: bool) -> str | None:
+    if isinstance(value, float) and not math.isfinite(value):
+        return "a number is too large (beyond the range of a double, about 1.8e308)"
+    if not isinstance(value, str):
+        return None
     if len(value) > MAX_JSON_STRING:
         return f"a string is longer than {MAX_JSON_STRING} characters"
+    if surrogates:
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return "a string holds a lone UTF-16 surrogate escape (such as \\ud800), which is not Unicode text"
     return None

@@ -18,12 +18,14 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from cwm.body import parse_body
+from cwm.auth import PayloadCheck
+from cwm.body import LARGE_BODY, parse_body
 from cwm.config.model import DEFAULT_NAMESPACE, namespace_problem, webhook_id_problem
 from cwm.config.store import ConfigStore, Webhook
 from cwm.errors import HTTPError
 from cwm.modules.base import ModuleRefused, ModuleUnavailable, WebhookEvent
 from cwm.request import InboundRequest
+from cwm.workers import BlockingWork, WorkersBusy
 
 BUSY_RETRY_AFTER = 1
 FAILED_RETRY_AFTER = 30
@@ -55,6 +57,27 @@ ACCEPTED = Answer(
 _TIMED_OUT = object()
 
 
+def parse_and_check(
+    data_type: str, payload_check: PayloadCheck | None, request: InboundRequest, yielding: bool = False
+) -> Any:
+    """The parsed payload, checked against the entry's schema; pure, so it may run on any thread.
+
+    ``yielding``: see ``parse_body``.
+
+    Raises:
+        HTTPError: 4xx for a body that cannot be parsed or fails the schema.
+    """
+    payload = parse_body(data_type, request.body, request.header("content-type"), yielding=yielding)
+    if payload_check is not None:
+        payload_check(request, payload)
+    return payload
+
+
+def thd_parse_and_check(data_type: str, payload_check: PayloadCheck | None, request: InboundRequest) -> Any:
+    """``parse_and_check`` on a body thread, leaving the GIL to the reactor thread every few milliseconds."""
+    return parse_and_check(data_type, payload_check, request, yielding=True)
+
+
 class WebhookPipeline:
     """Runs each webhook request through the configured checks and module."""
 
@@ -66,7 +89,10 @@ class WebhookPipeline:
         clock: IReactorTime,
         max_in_flight: int,
         default_namespace: str = DEFAULT_NAMESPACE,
+        body_work: BlockingWork | None = None,
     ) -> None:
+        """``body_work``: the threads large bodies are parsed on (None parses every body here)."""
+        self._body_work = body_work
         self._store = store
         self._clock = clock
         self._max_in_flight = max_in_flight
@@ -80,7 +106,7 @@ class WebhookPipeline:
         try:
             webhook = self._find(namespace, webhook_id)
             request = replace(request, client_ip=webhook.checks.client_ip(request))
-            payload = self._verify(webhook, request)
+            payload = await self._verify(webhook, request)
             challenge = webhook.checks.slack_challenge(request)
             if challenge is not None:  # Slack's Request URL handshake: echoed, never delivered
                 self._outcome(where, request_id, request, 200, "Slack URL verification")
@@ -132,14 +158,25 @@ class WebhookPipeline:
             raise HTTPError(404, f"Webhook ID not found in namespace '{namespace}'")
         return found
 
-    def _verify(self, webhook: Webhook, request: InboundRequest) -> Any:
-        """Run the checks and parse the body; a failure (CheckFailed) is an HTTPError as it is."""
+    async def _verify(self, webhook: Webhook, request: InboundRequest) -> Any:
+        """Run the checks and parse the body; a failure (CheckFailed) is an HTTPError as it is.
+
+        The request checks run here (some keep state, such as rate limits); a
+        body over ``LARGE_BODY`` is parsed and schema-checked on the body
+        threads, so that no request holds the reactor thread for long.
+        """
         for check in webhook.checks.checks:
             check(request)
-        payload = parse_body(webhook.entry.data_type, request.body, request.header("content-type"))
-        if webhook.checks.payload_check is not None:
-            webhook.checks.payload_check(request, payload)
-        return payload
+        if self._body_work is None or len(request.body) <= LARGE_BODY:
+            return parse_and_check(webhook.entry.data_type, webhook.checks.payload_check, request)
+        try:
+            return await self._body_work.run(
+                thd_parse_and_check, webhook.entry.data_type, webhook.checks.payload_check, request
+            )
+        except WorkersBusy:
+            raise HTTPError(
+                503, "Server busy: too many large bodies are being parsed", {"Retry-After": str(BUSY_RETRY_AFTER)}
+            ) from None
 
     async def _dispatch(self, webhook: Webhook, event: WebhookEvent) -> Answer:
         if self.in_flight >= self._max_in_flight:

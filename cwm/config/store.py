@@ -1,14 +1,14 @@
 """The reactor-thread cache of live configuration: what each request is looked up in.
 
-A source (files now, etcd later) hands raw entries to the store; the store
-substitutes, validates and builds each entry's checks and module once, keeps
-the last good version of an entry whose new version is invalid, and swaps the
-result in one assignment so a request never sees a half-applied change.
+A source (the files, or etcd) hands raw entries to the store; the store
+substitutes, validates and builds each entry's checks and module once, and
+keeps the last good version of an entry whose new version is invalid. Every
+change is applied on the reactor thread between two requests, so a request
+never sees a half-applied change.
 """
 
 from __future__ import annotations
 
-import gc
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, replace
@@ -141,7 +141,10 @@ class ConfigStore:
         build: Callable[[str, Mapping[str, Any], ModuleContext], Module] = build_module,
         known_module: Callable[[str], bool] = is_known,
         secrets: SecretTable | None = None,
+        on_loaded: Callable[[], None] | None = None,
     ) -> None:
+        """``on_loaded`` is called once, when the store first counts as loaded."""
+        self._on_loaded = on_loaded
         self._context = module_context
         self._environ = environ
         self._build = build
@@ -158,7 +161,6 @@ class ConfigStore:
         self._unavailable: dict[EntryKey, Unavailable] = {}
         self._source_loaded = False
         self.loaded = False
-        self.generation = 0
 
     def mark_loaded(self) -> None:
         """The source delivered its first complete configuration.
@@ -176,10 +178,8 @@ class ConfigStore:
         if any(u.waiting for u in self._unavailable.values()):
             return
         self.loaded = True
-        # The objects built so far live as long as their entries, so they are
-        # moved out of the garbage collector's reach: with 25,000 webhooks a
-        # full collection would otherwise pause the reactor for about 200 ms.
-        gc.freeze()
+        if self._on_loaded is not None:
+            self._on_loaded()
 
     @property
     def rejections(self) -> tuple[Rejection, ...]:
@@ -199,9 +199,6 @@ class ConfigStore:
     def held_back(self, namespace: str, webhook_id: str) -> Unavailable | None:
         """Why a webhook that is not serving waits for a secret, or None."""
         return self._unavailable.get(("webhook", namespace, webhook_id))
-
-    def has_namespace(self, namespace: str) -> bool:
-        return namespace in self._webhooks
 
     def counts(self) -> tuple[int, int]:
         """(webhooks serving, connections valid)."""
@@ -275,7 +272,6 @@ class ConfigStore:
                 raw = self._raw_webhooks.get((namespace, webhook_id))
                 entry_reread = False
             self._apply_webhook(namespace, webhook_id, raw, context, entry_reread)
-        self.generation += 1
         self._settle_loaded()
         return self.rejections
 

@@ -37,6 +37,7 @@ from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
 
 from cwm.errors import ConfigError
+from cwm.modules.ssrf import quiet_pool
 
 if TYPE_CHECKING:
     from OpenSSL import SSL
@@ -125,7 +126,7 @@ def vault_http_client(reactor: Any, settings: VaultSettings) -> tuple[HTTPClient
             holds no certificate, or pyOpenSSL is missing.
     """
     policy = vault_tls_policy(settings.verify)
-    pool = HTTPConnectionPool(reactor, persistent=True)
+    pool = quiet_pool(reactor)
     agent = Agent(reactor, contextFactory=policy, connectTimeout=settings.timeout, pool=pool)
     return HTTPClient(agent), pool
 

@@ -38,7 +38,7 @@ from twisted.internet.error import TimeoutError as ConnectTimeoutError
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator, IReactorTime
 from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
-from twisted.web.client import Agent, HTTPConnectionPool, ResponseFailed, _HTTP11ClientFactory
+from twisted.web.client import Agent, HTTPConnectionPool, ResponseFailed
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
@@ -49,7 +49,7 @@ from cwm.connector.settings import ConnectorSettings, Target
 from cwm.config.vault import load_ca_bundle
 from cwm.errors import ConfigError
 from cwm.modules.http_forward import drain_body
-from cwm.modules.ssrf import body_producer, cookieless_jar
+from cwm.modules.ssrf import body_producer, cookieless_jar, quiet_pool
 from cwm.request import HEADER_NAME
 
 if TYPE_CHECKING:
@@ -283,10 +283,6 @@ class HttpDelivery:
 # a policy is built, so that importing this module stays cheap.
 
 
-class _QuietHTTP11ClientFactory(_HTTP11ClientFactory):
-    noisy = False
-
-
 def http_client(
     reactor: Any, settings: ConnectorSettings, policy: ConnectorTLSPolicy | None = None
 ) -> tuple[HTTPClient, HTTPConnectionPool]:
@@ -299,8 +295,7 @@ def http_client(
     Raises:
         ConfigError: a CA, certificate or key file that cannot be read or used.
     """
-    pool = HTTPConnectionPool(reactor, persistent=True)
-    pool._factory = _QuietHTTP11ClientFactory  # no "Starting factory" line per connection
+    pool = quiet_pool(reactor)  # no "Starting factory" line per connection
     agent = Agent(reactor, contextFactory=policy or tls_policy(settings), connectTimeout=settings.connection_timeout, pool=pool)
     # Targets must not plant cookies that later messages would carry back.
     return HTTPClient(agent, cookiejar=cookieless_jar(), data_to_body_producer=body_producer), pool

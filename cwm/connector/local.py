@@ -41,7 +41,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.python.filepath import FilePath
 from twisted.web.client import HTTPConnectionPool
 
-from cwm.body import parse_body
+from cwm.body import LARGE_BODY, parse_body, thd_parse_body
 from cwm.config.files import FileConfigSource, read_document
 from cwm.config.model import DEFAULT_NAMESPACE, namespace_problem
 from cwm.config.store import ConfigStore
@@ -51,6 +51,7 @@ from cwm.connector.settings import ConnectorSettings
 from cwm.errors import ConfigError, HTTPError
 from cwm.modules.base import ModuleRefused, ModuleUnavailable, WebhookEvent
 from cwm.modules.runtime import ModulesService, close_modules, module_context
+from cwm.workers import BlockingWork, WorkersBusy
 
 RELOAD_DEBOUNCE = 1.0
 """Seconds a changed local config file must stay unchanged before it is applied."""
@@ -72,6 +73,7 @@ class ModuleDelivery:
         mode: str = "module",
         source_status: Callable[[], Mapping[str, Any]] = dict,
         pools: tuple[HTTPConnectionPool, ...] = (),
+        files: BlockingWork | None = None,
     ) -> None:
         """
         Args:
@@ -80,7 +82,10 @@ class ModuleDelivery:
             mode: ``module`` or ``etcd``, as status shows it.
             source_status: What status shows about the source (no secrets).
             pools: The modules' HTTP pools, closed by ``close`` after them.
+            files: The modules' file threads: a body over ``LARGE_BODY`` is
+                parsed there (None parses every body here).
         """
+        self._files = files
         self._store = store
         self._namespace = namespace
         self._clock = clock
@@ -107,10 +112,16 @@ class ModuleDelivery:
                 return requeue(f"local webhook '{webhook_id}' has an invalid configuration")
             return dead_letter(f"no local webhook '{webhook_id}'")
         entry = webhook.entry
+        content_type = message.headers.get("content-type")
         try:
-            payload = parse_body(entry.data_type, message.body, message.headers.get("content-type"))
+            if self._files is not None and len(message.body) > LARGE_BODY:
+                payload = await self._files.run(thd_parse_body, entry.data_type, message.body, content_type)
+            else:
+                payload = parse_body(entry.data_type, message.body, content_type)
         except HTTPError as e:
             return dead_letter(f"local webhook '{webhook_id}': {e.detail}")
+        except WorkersBusy:
+            return requeue(f"local webhook '{webhook_id}': the server is busy")
         event = WebhookEvent(
             namespace=self._namespace,
             webhook_id=webhook_id,
@@ -168,13 +179,13 @@ def _store(
     stdout: IO[str],
     working_dir: FilePath | None,
     parent: MultiService,
-) -> tuple[ConfigStore, tuple[HTTPConnectionPool, ...]]:
-    """The store of the module instances; its service closes them when ``parent`` stops."""
+) -> tuple[ConfigStore, tuple[HTTPConnectionPool, ...], BlockingWork]:
+    """The store of the module instances, their pools and file threads; its service closes them when ``parent`` stops."""
     context, pools = module_context(reactor, stdout, working_dir or FilePath(os.getcwd()))
     store = ConfigStore(context, environ)
     # Added before the source, so the source stops first.
-    ModulesService(store, pools).setServiceParent(parent)
-    return store, pools
+    ModulesService(store, pools, context).setServiceParent(parent)
+    return store, pools, context.files
 
 
 def module_delivery(
@@ -203,7 +214,7 @@ def module_delivery(
     read_document(settings.webhooks_config, "webhooks")
     if settings.connections_config is not None:
         read_document(settings.connections_config, "connections")
-    store, pools = _store(reactor, environ, stdout, working_dir, parent)
+    store, pools, files = _store(reactor, environ, stdout, working_dir, parent)
     source = FileConfigSource(
         store,
         FilePath(settings.webhooks_config),
@@ -222,7 +233,7 @@ def module_delivery(
             "last_reload": source.last_reload,
         }
 
-    return ModuleDelivery(store, DEFAULT_NAMESPACE, reactor, "module", source_status, pools)
+    return ModuleDelivery(store, DEFAULT_NAMESPACE, reactor, "module", source_status, pools, files)
 
 
 def etcd_delivery(
@@ -262,7 +273,7 @@ def etcd_delivery(
     def new_client() -> etcd_client.EtcdClient:
         return etcd_client.EtcdClient(options)
 
-    store, pools = _store(reactor, environ, stdout, working_dir, parent)
+    store, pools, files = _store(reactor, environ, stdout, working_dir, parent)
     mirror = PrefixMirror()
     source = EtcdConfigSource(store, mirror, settings.etcd_prefix, settings.namespace)
     PrefixWatch(new_client, etcd_client, settings.etcd_prefix.encode(), mirror, reactor).setServiceParent(parent)
@@ -272,4 +283,4 @@ def etcd_delivery(
         details.pop("instances", None)  # the connector does not announce itself
         return {"etcd": source.health, "etcd_prefix": settings.etcd_prefix, "etcd_status": details}
 
-    return ModuleDelivery(store, settings.namespace, reactor, "etcd", source_status, pools)
+    return ModuleDelivery(store, settings.namespace, reactor, "etcd", source_status, pools, files)

@@ -6,10 +6,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import IO, Any, Protocol
 
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.python.filepath import FilePath
 
 from cwm.errors import HTTPError
+from cwm.workers import BlockingWork, NoWorkers
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +86,14 @@ class Module(Protocol):
         """Release what the instance holds; called when its entry goes away."""
 
 
+class TextOutput(Protocol):
+    """Where the ``log`` module's text goes (``cwm.modules.output``)."""
+
+    def write(self, text: str) -> Deferred[None]:
+        """Fires once ``text`` is written; fails with ModuleUnavailable when it cannot be."""
+        ...
+
+
 # ``treq.client.HTTPClient`` in production, ``treq.testing.StubTreq`` in tests:
 # they share their API but no class, so the field is typed loosely.
 HTTPClientLike = Any
@@ -110,6 +120,12 @@ class ModuleContext:
             read a credential or a signature from; never shown in clear.
         secret_params: The query parameters the entry's checks read a
             credential from; never shown in clear.
+        files: Where modules run their blocking file work: the bounded file
+            threads of ``cwm.modules.runtime`` (a context built without them,
+            to validate entries, refuses such work).
+        output: The ``log`` module's non-blocking writer
+            (``cwm.modules.output``); None writes to ``stdout`` directly
+            (tests).
     """
 
     clock: IReactorTime
@@ -122,6 +138,8 @@ class ModuleContext:
     entry: tuple[str, str] | None = None
     secret_headers: frozenset[str] = frozenset()
     secret_params: frozenset[str] = frozenset()
+    files: BlockingWork = field(default_factory=NoWorkers)
+    output: TextOutput | None = None
 
 
 ModuleFactory = Callable[[Mapping[str, Any], ModuleContext], Module]

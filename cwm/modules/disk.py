@@ -5,6 +5,11 @@ its JSON payload serialised as JSON, or for ``data_type: blob`` the exact
 received bytes. A file is written under a temporary name and hard-linked to
 its final name, so readers never see a partial file and an existing file is
 never overwritten. Upstream wrote Python ``repr`` text; cwm writes JSON.
+
+Every file system call (realpath, makedirs, open, write, fsync, link) runs on
+the module context's file threads (``ctx.files``), never on the reactor
+thread: a slow or stuck disk delays only the webhooks written to it, and the
+entry's ``response_timeout`` still answers 202.
 """
 
 from __future__ import annotations
@@ -22,9 +27,11 @@ from typing import Any
 
 from twisted.logger import Logger
 
+from cwm.body import LARGE_BODY
 from cwm.errors import ConfigError
 from cwm.modules._config import get_bool, get_str, reject_unknown_keys
 from cwm.modules.base import ModuleContext, ModuleUnavailable, WebhookEvent
+from cwm.workers import BlockingWork, InlineWork, WorkersBusy
 
 _KNOWN_KEYS = frozenset({"path", "base_dir", "filename_template", "fsync", "format", "append"})
 _IGNORED_KEYS = ("format", "append")
@@ -52,6 +59,9 @@ _SYSTEM_TREES = (
     "/usr/sbin",
 )
 _SYSTEM_LIB_TREE = re.compile(r"^/(usr/)?lib[^/]*(/|$)")
+
+BUSY_RETRY_AFTER = 5
+"""Seconds a sender waits before retrying when too many writes already wait for the disk."""
 
 _DIR_MODE = 0o700
 _FILE_MODE = 0o600
@@ -160,7 +170,9 @@ class DiskModule:
         filename_template: str | None,
         fsync: bool,
         ignored_keys: tuple[str, ...] = (),
+        files: BlockingWork | None = None,
     ) -> None:
+        self._files: BlockingWork = files if files is not None else InlineWork()
         self._base_dir = base_dir
         self._target_dir = target_dir
         self._filename_template = filename_template
@@ -204,11 +216,17 @@ class DiskModule:
         return name
 
     async def deliver(self, event: WebhookEvent) -> None:
-        """Write the file; return once it is complete under its final name."""
-        content = self.file_content(event)
-        name = self.file_name(event)
+        """Write the file on the file threads; return once it is complete under its final name."""
         try:
-            self._write(content, name)
+            await self._files.run(self.thd_save, event)
+        except WorkersBusy:
+            self._log.warn(
+                "could not save webhook {request_id}: too many writes wait for the disk",
+                request_id=event.request_id,
+            )
+            raise ModuleUnavailable(
+                "could not save the webhook: too many writes wait for the disk", retry_after=BUSY_RETRY_AFTER
+            ) from None
         except OSError as error:
             reason = _describe(error)
             self._log.error(
@@ -218,12 +236,33 @@ class DiskModule:
                 errno=error.errno,
             )
             raise ModuleUnavailable(f"could not save the webhook: {reason}") from error
+        except ModuleUnavailable as error:
+            self._log.error(
+                "could not save webhook {request_id}: {reason}", request_id=event.request_id, reason=error.reason
+            )
+            raise
+
+    def thd_save(self, event: WebhookEvent) -> str:
+        """Serialise and write ``event`` (on a file thread); returns the file's name.
+
+        A large JSON payload is serialised by the Python-level encoder: the C
+        one holds the GIL for the whole document, stalling the reactor thread.
+
+        Raises:
+            OSError: the file system refused.
+            ModuleUnavailable: no free name, or the target escapes base_dir.
+        """
+        if event.data_type != "blob" and len(event.body) > LARGE_BODY:
+            encoder = json.JSONEncoder(ensure_ascii=False)
+            content = "".join(encoder.iterencode(event.payload)).encode("utf-8")
+        else:
+            content = self.file_content(event)
+        return self._write(content, self.file_name(event))
 
     def _write(self, content: bytes, name: str) -> str:
         real_base = os.path.realpath(self._base_dir)
         real_target = os.path.realpath(self._target_dir)
         if not _is_within(real_target, real_base):
-            self._log.error("save_to_disk target directory now resolves outside base_dir")
             raise ModuleUnavailable(
                 "could not save the webhook: the target directory escapes base_dir"
             )
@@ -343,4 +382,5 @@ def build(module_config: Mapping[str, Any], ctx: ModuleContext) -> DiskModule:
         filename_template=template,
         fsync=fsync,
         ignored_keys=tuple(key for key in _IGNORED_KEYS if key in module_config),
+        files=ctx.files,
     )

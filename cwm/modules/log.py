@@ -10,6 +10,10 @@ other credential-like headers and sensitive payload keys unless
 ``redact_sensitive`` is false. The query string itself is not written, but a
 header that quotes a URL (``Referer``, a proxy's ``X-Original-URI``) has the
 entry's secret parameters masked in it.
+
+The text goes to the module context's output (``cwm.modules.output``): a
+writer thread in front of stdout, or twistd's log when twistd runs as a
+daemon; the reactor thread never waits on a pipe.
 """
 
 from __future__ import annotations
@@ -25,8 +29,11 @@ from typing import IO, Any
 
 from twisted.logger import Logger
 
+from cwm.body import LARGE_BODY
 from cwm.modules._config import get_bool, reject_unknown_keys
-from cwm.modules.base import ModuleContext, ModuleUnavailable, WebhookEvent
+from cwm.modules.base import ModuleContext, ModuleUnavailable, TextOutput, WebhookEvent
+from cwm.modules.output import DirectOutput
+from cwm.workers import BlockingWork, InlineWork, WorkersBusy
 
 REDACTED = "[REDACTED]"
 
@@ -177,16 +184,25 @@ class LogModule:
         redact_sensitive: bool,
         secret_headers: Collection[str] = frozenset(),
         secret_params: Collection[str] = frozenset(),
+        output: TextOutput | None = None,
+        files: BlockingWork | None = None,
     ) -> None:
-        """``secret_headers`` and ``secret_params``: what the entry's checks read secrets from."""
-        self._stdout = stdout
+        """``secret_headers`` and ``secret_params``: what the entry's checks read secrets from.
+        ``output``: where the text goes (``cwm.modules.output``); by default
+        ``stdout`` directly. ``files``: where large bodies are rendered."""
+        self._output: TextOutput = output if output is not None else DirectOutput(stdout)
+        self._files: BlockingWork = files if files is not None else InlineWork()
         self._pretty_print = pretty_print
         self._redact_sensitive = redact_sensitive
         self._secret_headers = frozenset(name.lower() for name in secret_headers)
         self._secret_params = query_value_pattern(secret_params)
 
-    def render(self, event: WebhookEvent) -> str:
-        """The text written for ``event`` (newline-terminated); never mutates it."""
+    def render(self, event: WebhookEvent, yielding: bool = False) -> str:
+        """The text written for ``event`` (newline-terminated); never mutates it.
+
+        ``yielding``: serialise with the Python-level encoder, which lets other
+        threads run (the C one holds the GIL for a whole large document).
+        """
         headers = redact_headers(
             event.headers, self._redact_sensitive, self._secret_headers, self._secret_params
         )
@@ -213,6 +229,8 @@ class LogModule:
             "headers": headers,
             body_key: body,
         }
+        if yielding:
+            return "".join(json.JSONEncoder(default=_json_fallback).iterencode(record)) + "\n"
         return json.dumps(record, default=_json_fallback) + "\n"
 
     def _render_pretty(
@@ -237,20 +255,27 @@ class LogModule:
         return "\n".join(lines) + "\n"
 
     async def deliver(self, event: WebhookEvent) -> None:
-        """Write the webhook and flush, so a crash right after loses nothing."""
-        text = self.render(event)
-        try:
-            self._stdout.write(text)
-            self._stdout.flush()
-        except (OSError, ValueError) as error:
-            # ValueError: the stream was closed.
-            reason = getattr(error, "strerror", None) or type(error).__name__
-            self._log.error(
-                "could not write webhook {request_id} to stdout: {reason}",
-                request_id=event.request_id,
-                reason=reason,
-            )
-            raise ModuleUnavailable(f"could not write to stdout: {reason}") from error
+        """Hand the text to the output; return once it is written and flushed.
+
+        A body over ``LARGE_BODY`` is rendered on the file threads, so that
+        masking and serialising it never holds the reactor thread.
+
+        Raises:
+            ModuleUnavailable: the output's buffer is full or the write
+                failed (503 with Retry-After).
+        """
+        if len(event.body) > LARGE_BODY:
+            try:
+                text = await self._files.run(self.thd_render, event)
+            except WorkersBusy:
+                raise ModuleUnavailable("could not log the webhook: the server is busy", retry_after=5) from None
+        else:
+            text = self.render(event)
+        await self._output.write(text)
+
+    def thd_render(self, event: WebhookEvent) -> str:
+        """``render`` on a file thread: it reads ``event`` and the module's settings only."""
+        return self.render(event, yielding=True)
 
     async def close(self) -> None:
         """Nothing to release: the stream belongs to the process."""
@@ -273,4 +298,6 @@ def build(module_config: Mapping[str, Any], ctx: ModuleContext) -> LogModule:
         redact_sensitive=get_bool(module_config, "redact_sensitive", True),
         secret_headers=ctx.secret_headers,
         secret_params=ctx.secret_params,
+        output=ctx.output,
+        files=ctx.files,
     )

@@ -42,6 +42,7 @@ from twisted.web.client import (
     Agent,
     BrowserLikePolicyForHTTPS,
     HTTPConnectionPool,
+    _HTTP11ClientFactory,
 )
 from twisted.web.error import SchemeNotSupported
 from twisted.web.iweb import IAgentEndpointFactory, IBodyProducer
@@ -424,6 +425,22 @@ def body_producer(data: Any) -> Any:
     return IBodyProducer(data)
 
 
+class _QuietHTTP11ClientFactory(_HTTP11ClientFactory):
+    noisy = False
+
+
+def quiet_pool(reactor: Any) -> HTTPConnectionPool:
+    """A persistent connection pool that logs no "Starting factory" line per outbound connection.
+
+    ``HTTPConnectionPool`` builds one client factory per connection from its
+    ``_factory`` attribute (Twisted's own extension point for it, though
+    named as private); the quiet subclass only turns ``noisy`` off.
+    """
+    pool = HTTPConnectionPool(reactor, persistent=True)
+    pool._factory = _QuietHTTP11ClientFactory
+    return pool
+
+
 def cookieless_jar() -> IndexableCookieJar:
     # Destinations must not be able to plant cookies that later webhooks
     # (perhaps of another namespace) would send back.
@@ -442,10 +459,7 @@ def build_http_clients(
     keeps cookies, and request bodies given as bytes are written without the
     global cooperator.
     """
-    guarded_pool, unguarded_pool = pools or (
-        HTTPConnectionPool(reactor, persistent=True),
-        HTTPConnectionPool(reactor, persistent=True),
-    )
+    guarded_pool, unguarded_pool = pools or (quiet_pool(reactor), quiet_pool(reactor))
     tls_policy = BrowserLikePolicyForHTTPS()
     guarded_agent: Any = Agent.usingEndpointFactory(
         reactor,

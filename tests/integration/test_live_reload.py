@@ -125,6 +125,8 @@ def test_rewrites_under_load_never_fail_a_request(tmp_path: Path, mode: Callable
         connections,
         env={"CONFIG_FILE_WATCHING_ENABLED": "true", "CONFIG_RELOAD_DEBOUNCE_SECONDS": "0.1"},
     )
+    # twistd listens before the services start: rewriting before the first read races it.
+    process.wait_for(r"configuration loaded \(start\)")
     load = Load(process)
     try:
         for n in range(1, REWRITES + 1):

@@ -79,3 +79,43 @@ def test_unsupported_data_type_is_415() -> None:
     """Any other data_type is 415, naming it."""
     error = fails("xml", b"<a/>")
     assert (error.status, error.detail) == (415, "Unsupported data type 'xml'")
+
+
+@pytest.mark.parametrize("yielding", [False, True])
+@pytest.mark.parametrize(
+    "body",
+    [b'{"a": "\\ud800"}', b'["\\udfff"]', b'{"\\udc00": 1}', b'"x\\ud83d"'],
+)
+def test_lone_surrogate_is_400_not_a_module_failure(body: bytes, yielding: bool) -> None:
+    """A lone surrogate escape is not Unicode: refused at the parser, never a 503 from a module."""
+    with pytest.raises(HTTPError) as e:
+        parse_body("json", body, None, yielding=yielding)
+    assert e.value.status == 400 and "lone UTF-16 surrogate" in e.value.detail
+
+
+def test_a_surrogate_pair_and_an_escaped_backslash_are_fine() -> None:
+    assert parse_body("json", b'["\\ud83d\\ude00", "\\\\ud800"]', None) == ["\U0001f600", "\\ud800"]
+
+
+@pytest.mark.parametrize("yielding", [False, True])
+@pytest.mark.parametrize("body", [b"[1e999]", b'{"a": -1e999}', b"1e400"])
+def test_number_beyond_a_double_is_400(body: bytes, yielding: bool) -> None:
+    """1e999 would become Infinity, which is not JSON: 400."""
+    with pytest.raises(HTTPError) as e:
+        parse_body("json", body, None, yielding=yielding)
+    assert e.value.status == 400 and "number is too large" in e.value.detail
+
+
+@pytest.mark.parametrize("yielding", [False, True])
+def test_huge_integer_is_400_in_cwm_words(yielding: bool) -> None:
+    """No Python internals (sys.set_int_max_str_digits) in the reason."""
+    with pytest.raises(HTTPError) as e:
+        parse_body("json", b"[" + b"9" * 5000 + b"]", None, yielding=yielding)
+    assert e.value.status == 400
+    assert e.value.detail == "Malformed JSON payload: an integer has more than 4300 digits"
+    assert "sys." not in e.value.detail
+
+
+def test_yielding_parse_gives_the_same_payload() -> None:
+    body = json.dumps({"a": [1, 2.5, None, True, "é", {"b": []}]}).encode()
+    assert parse_body("json", body, None, yielding=True) == parse_body("json", body, None)

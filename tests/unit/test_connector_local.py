@@ -23,9 +23,19 @@ from cwm.errors import ConfigError
 from cwm.etcd.mirror import DELETE, Change, Entry
 from cwm.etcd.watch import PrefixWatch
 from cwm.modules.base import ModuleContext
+from cwm.modules import runtime
+from cwm.modules.output import DirectOutput
+from cwm.workers import InlineWork
 from tests.unit.test_receiver import RecordingModule
 
 _sync = SynchronousTestCase()
+
+
+@pytest.fixture(autouse=True)
+def inline_io(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Clock runs no threads: the modules' file work and stdout writes happen inline in these tests."""
+    monkeypatch.setattr(runtime, "ThreadWorkers", lambda *args: InlineWork())
+    monkeypatch.setattr(runtime, "StdoutWriter", lambda reactor, stream: DirectOutput(stream))
 NOW = 1_700_000_000.0
 
 
@@ -295,7 +305,7 @@ def test_close_closes_every_module() -> None:
 def real_store(tmp_path: Path, environ: Mapping[str, str], stdout: io.StringIO | None = None) -> tuple[ConfigStore, Clock]:
     clock = Clock()
     clock.advance(NOW)
-    context = ModuleContext(clock, stdout or io.StringIO(), None, None, FilePath(str(tmp_path)))
+    context = ModuleContext(clock, stdout or io.StringIO(), None, None, FilePath(str(tmp_path)), files=InlineWork())
     return ConfigStore(context, environ), clock
 
 
@@ -325,6 +335,57 @@ def test_save_to_disk_end_to_end_keeps_the_exact_bytes(tmp_path: Path) -> None:
     assert _sync.successResultOf(Deferred.fromCoroutine(delivery.deliver(message("doc", body)))) == DELIVERED
     assert [json.loads(b) for b in saved(tmp_path / "out" / "doc")] == [{"z": 1, "a": "é"}]
     _sync.successResultOf(Deferred.fromCoroutine(delivery.close()))
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (b'{"a": "\\ud800"}', "lone UTF-16 surrogate"),
+        (b"[1e999]", "number is too large"),
+        (b"[" + b"9" * 5000 + b"]", "an integer has more than 4300 digits"),
+    ],
+)
+def test_json_the_parser_refuses_is_dead_lettered_at_once(tmp_path: Path, body: bytes, reason: str) -> None:
+    """The parser's decisions hold in module mode: never a requeue (or a file of Infinity) for a body that cannot succeed."""
+    store, clock = real_store(tmp_path, {})
+    store.replace_all({"default": {"doc": {"module": "save_to_disk", "module-config": {"path": "doc"}}}}, {})
+    store.mark_loaded()
+    delivery = ModuleDelivery(store, "default", clock)
+    outcome = _sync.successResultOf(Deferred.fromCoroutine(delivery.deliver(message("doc", body))))
+    assert (outcome.ack, outcome.retry) == (False, False) and reason in outcome.reason
+    assert not (tmp_path / "doc").exists()
+
+
+def test_a_large_message_is_parsed_on_the_file_threads(tmp_path: Path) -> None:
+    """Module mode parses a body over LARGE_BODY off the reactor thread; busy threads requeue it."""
+    from cwm.body import LARGE_BODY
+    from cwm.workers import WorkersBusy
+
+    calls: list[Any] = []
+
+    class Files:
+        busy = False
+
+        def run(self, function: Any, *args: Any) -> Deferred[Any]:
+            calls.append(function.__name__)
+            if self.busy:
+                raise_busy: Deferred[Any] = Deferred()
+                raise_busy.errback(WorkersBusy("busy"))
+                return raise_busy
+            return InlineWork().run(function, *args)
+
+    files = Files()
+    store, clock = real_store(tmp_path, {})
+    store.replace_all({"default": {"doc": {"module": "save_to_disk", "module-config": {"path": "doc"}}}}, {})
+    store.mark_loaded()
+    delivery = ModuleDelivery(store, "default", clock, files=files)
+    big = json.dumps({"pad": "x" * LARGE_BODY}).encode()
+    assert _sync.successResultOf(Deferred.fromCoroutine(delivery.deliver(message("doc", big)))) == DELIVERED
+    assert _sync.successResultOf(Deferred.fromCoroutine(delivery.deliver(message("doc", b'{"small": 1}')))) == DELIVERED
+    assert calls == ["thd_parse_body"]
+    files.busy = True
+    outcome = _sync.successResultOf(Deferred.fromCoroutine(delivery.deliver(message("doc", big))))
+    assert (outcome.ack, outcome.retry) == (False, True) and "busy" in outcome.reason
 
 
 def test_log_module_end_to_end(tmp_path: Path) -> None:

@@ -19,6 +19,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from cwm.errors import ConfigError
 from cwm.modules import disk
 from cwm.modules.base import ModuleContext, ModuleUnavailable, WebhookEvent
+from cwm.workers import InlineWork
 
 _sync = SynchronousTestCase()
 
@@ -31,6 +32,7 @@ def make_context(working_dir: Path) -> ModuleContext:
         http=None,
         http_unguarded=None,
         working_dir=FilePath(str(working_dir)),
+        files=InlineWork(),
     )
 
 

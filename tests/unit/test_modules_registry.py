@@ -16,6 +16,7 @@ from twisted.python.filepath import FilePath
 from cwm.errors import ConfigError
 from cwm.modules import registry
 from cwm.modules.base import ModuleContext
+from cwm.workers import InlineWork
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -35,6 +36,7 @@ def make_context(working_dir: Path) -> ModuleContext:
         http=None,
         http_unguarded=None,
         working_dir=FilePath(str(working_dir)),
+        files=InlineWork(),
     )
 
 
