@@ -55,7 +55,10 @@ if ! (cd / && "$PY" -c 'import cwm') 2>/dev/null; then
 fi
 (cd / && "$PY" -c 'import cwm.modules.log, cwm.modules.registry') 2>/dev/null \
     || die "cwm's log module is not importable yet (cwm/modules/log.py, cwm/modules/registry.py)"
-"$TWISTD" --help 2>/dev/null | grep -qE '^ +cwm ' || die "twistd does not list the cwm plugin"
+# Read the whole help first: grep -q stops reading at its match, and under
+# pipefail the SIGPIPE that twistd then gets would fail the check.
+plugins=$("$TWISTD" --help 2>/dev/null || true)
+grep -qE '^ +cwm ' <<<"$plugins" || die "twistd does not list the cwm plugin"
 
 RUN=$(mktemp -d -t cwm-bench.XXXXXX)
 mkdir -p "$RUN/wrk"
