@@ -692,7 +692,6 @@ class ConnectHub:
         item = connection.in_flight.pop(message_id, None)
         if item is None:
             raise NotInFlight(message_id)
-        channel = self._channels.get(connection.channel)
         try:
             if ack:
                 outcome = "acked" if await self._call(self._buffer.ack(connection.channel, item.message.stream_id)) else "gone"
@@ -713,16 +712,8 @@ class ConnectHub:
             if connection.id in self._connections:
                 connection.in_flight[message_id] = item
             raise
-        connection.settled.append(item.message.stream_id)
         connection.last_activity = self._clock.seconds()
-        if ack:
-            connection.acked += 1
-        else:
-            connection.nacked += 1
-        if connection.held_until is not None and not connection.in_flight:
-            self._remove(connection)
-        elif channel is not None:
-            self._capacity_changed(channel)
+        self._count_settled(connection, item, ack)
         return outcome
 
     async def settle_anywhere(self, connection: Connection, message_id: str, ack: bool, retry: bool = True,
@@ -776,8 +767,12 @@ class ConnectHub:
     def _settled_elsewhere(self, connection: Connection, message_id: str, ack: bool) -> None:
         """Another instance (or connection) settled a message this connection holds: free its slot."""
         item = connection.in_flight.pop(message_id, None)
-        if item is None:
-            return
+        if item is not None:
+            self._count_settled(connection, item, ack)
+
+    def _count_settled(self, connection: Connection, item: InFlight, ack: bool) -> None:
+        """A message ``connection`` held is settled: count it, and free its slot (or the
+        connection, when it was only kept for its last acks)."""
         connection.settled.append(item.message.stream_id)
         if ack:
             connection.acked += 1

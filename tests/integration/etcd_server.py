@@ -7,8 +7,6 @@ package. Startup waits on ``/health`` answering ``"true"``, bounded.
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 import json
 import os
 import shutil
@@ -70,70 +68,16 @@ class TlsFiles:
 
 def make_tls_files(directory: Path, client_name: str = "root") -> TlsFiles:
     """Write a CA, a server certificate (IP 127.0.0.1) and a client certificate (CN ``client_name``)."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+    from cryptography.x509.oid import ExtendedKeyUsageOID
 
-    now = datetime.datetime.now(datetime.timezone.utc)
+    from tests.certificates import Authority, write_pair
+
     directory.mkdir(parents=True, exist_ok=True)
-
-    def name(common: str) -> x509.Name:
-        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common)])
-
-    def write(stem: str, cert: x509.Certificate, key: ec.EllipticCurvePrivateKey) -> tuple[str, str]:
-        cert_path, key_path = directory / f"{stem}.pem", directory / f"{stem}-key.pem"
-        cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        key_path.write_bytes(
-            key.private_bytes(
-                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-            )
-        )
-        return str(cert_path), str(key_path)
-
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(name("cwm test CA"))
-        .issuer_name(name("cwm test CA"))
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True, content_commitment=False, key_encipherment=False,
-                data_encipherment=False, key_agreement=False, key_cert_sign=True, crl_sign=True,
-                encipher_only=False, decipher_only=False,
-            ),
-            critical=True,
-        )
-        .sign(ca_key, hashes.SHA256())
-    )  # fmt: skip
-    ca_cert, _ = write("ca", ca, ca_key)
-
-    def leaf(common: str, usage: x509.ObjectIdentifier, ip: bool) -> tuple[str, str]:
-        key = ec.generate_private_key(ec.SECP256R1())
-        builder = (
-            x509.CertificateBuilder()
-            .subject_name(name(common))
-            .issuer_name(ca.subject)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
-        )
-        if ip:
-            builder = builder.add_extension(
-                x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False
-            )
-        return write(common, builder.sign(ca_key, hashes.SHA256()), key)
-
-    server_cert, server_key = leaf("server", ExtendedKeyUsageOID.SERVER_AUTH, ip=True)
-    client_cert, client_key = leaf(client_name, ExtendedKeyUsageOID.CLIENT_AUTH, ip=False)
-    return TlsFiles(ca_cert, server_cert, server_key, client_cert, client_key)
+    ca = Authority()
+    server_cert, server_key = write_pair(directory, "server", *ca.issue("server", ips=["127.0.0.1"]))
+    client = ca.issue(client_name, usage=ExtendedKeyUsageOID.CLIENT_AUTH)
+    client_cert, client_key = write_pair(directory, client_name, *client)
+    return TlsFiles(ca.write(directory, "ca"), server_cert, server_key, client_cert, client_key)
 
 
 class EtcdServer:

@@ -11,8 +11,6 @@ and in the answer to a webhook.
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 import shutil
 import socket
 import subprocess
@@ -25,6 +23,7 @@ from typing import Any
 
 import pytest
 
+from tests.certificates import Authority, write_pair
 from tests.integration.cwm_process import CwmProcess, start_cwm
 
 pytestmark = pytest.mark.integration
@@ -47,78 +46,18 @@ class Certificates:
 
 
 def make_certificates(directory: Path) -> Certificates:
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
-    now = datetime.datetime.now(datetime.timezone.utc)
     directory.mkdir(parents=True, exist_ok=True)
+    trusted, other = Authority("cwm test CA"), Authority("someone else's CA")
 
-    def name(common: str) -> x509.Name:
-        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common)])
+    def server(stem: str, host: str, ca: Authority) -> tuple[str, str]:
+        ips = ["127.0.0.1"] if host == "localhost" else []
+        return write_pair(directory, stem, *ca.issue(host, dns=[host], ips=ips))
 
-    def write_key(stem: str, key: ec.EllipticCurvePrivateKey) -> str:
-        path = directory / f"{stem}-key.pem"
-        path.write_bytes(
-            key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-        )
-        return str(path)
-
-    def write_cert(stem: str, cert: x509.Certificate) -> str:
-        path = directory / f"{stem}.pem"
-        path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        return str(path)
-
-    def authority(common: str) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
-        key = ec.generate_private_key(ec.SECP256R1())
-        cert = (
-            x509.CertificateBuilder()
-            .subject_name(name(common))
-            .issuer_name(name(common))
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True, content_commitment=False, key_encipherment=False,
-                    data_encipherment=False, key_agreement=False, key_cert_sign=True, crl_sign=True,
-                    encipher_only=False, decipher_only=False,
-                ),
-                critical=True,
-            )
-            .sign(key, hashes.SHA256())
-        )  # fmt: skip
-        return cert, key
-
-    def server(stem: str, host: str, ca: x509.Certificate, ca_key: ec.EllipticCurvePrivateKey) -> tuple[str, str]:
-        key = ec.generate_private_key(ec.SECP256R1())
-        names: list[x509.GeneralName] = [x509.DNSName(host)]
-        if host == "localhost":
-            names.append(x509.IPAddress(ipaddress.ip_address("127.0.0.1")))
-        cert = (
-            x509.CertificateBuilder()
-            .subject_name(name(host))
-            .issuer_name(ca.subject)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-            .add_extension(x509.SubjectAlternativeName(names), critical=False)
-            .sign(ca_key, hashes.SHA256())
-        )
-        return write_cert(stem, cert), write_key(stem, key)
-
-    trusted, trusted_key = authority("cwm test CA")
-    other, other_key = authority("someone else's CA")
     return Certificates(
-        trusted_ca=write_cert("trusted-ca", trusted),
-        good=server("good", "localhost", trusted, trusted_key),
-        other_ca=server("other-ca", "localhost", other, other_key),
-        wrong_host=server("wrong-host", "not-this-host.test", trusted, trusted_key),
+        trusted_ca=trusted.write(directory, "trusted-ca"),
+        good=server("good", "localhost", trusted),
+        other_ca=server("other-ca", "localhost", other),
+        wrong_host=server("wrong-host", "not-this-host.test", trusted),
     )
 
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,15 +10,14 @@ from typing import Any
 import pytest
 import pytest_twisted
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from OpenSSL import SSL
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IOpenSSLContextFactory
 from zope.interface import implementer
 
 from cwm.config.vault import VaultClient, VaultSettings, VaultUnavailable, vault_http_client
+from tests.certificates import Authority
 from tests.vault_standin import VaultStandin
 
 pytestmark = pytest.mark.integration
@@ -29,78 +26,10 @@ WAIT = 10.0  # seconds: the bound on every wait outside the client's own timeout
 SECRET = "tls-secret-value"
 
 
-@dataclass
-class Authority:
-    """A throwaway CA that signs server certificates."""
-
-    key: ec.EllipticCurvePrivateKey
-    certificate: x509.Certificate
-
-    @classmethod
-    def create(cls, name: str) -> Authority:
-        key = ec.generate_private_key(ec.SECP256R1())
-        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-        now = datetime.datetime.now(datetime.timezone.utc)
-        certificate = (
-            x509.CertificateBuilder()
-            .subject_name(subject)
-            .issuer_name(subject)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True,
-                    content_commitment=False,
-                    key_encipherment=False,
-                    data_encipherment=False,
-                    key_agreement=False,
-                    key_cert_sign=True,
-                    crl_sign=True,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
-                critical=True,
-            )
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-            .sign(key, hashes.SHA256())
-        )
-        return cls(key, certificate)
-
-    def pem(self) -> bytes:
-        return self.certificate.public_bytes(serialization.Encoding.PEM)
-
-    def server_tls(self) -> ServerTLS:
-        """A server context with a certificate for ``localhost`` and ``127.0.0.1``."""
-        key = ec.generate_private_key(ec.SECP256R1())
-        now = datetime.datetime.now(datetime.timezone.utc)
-        certificate = (
-            x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
-            .issuer_name(self.certificate.subject)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(
-                x509.SubjectAlternativeName(
-                    [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-                ),
-                critical=False,
-            )
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(
-                x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False
-            )
-            .add_extension(
-                x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key()),
-                critical=False,
-            )
-            .sign(self.key, hashes.SHA256())
-        )
-        return ServerTLS(key, certificate)
+def server_tls(authority: Authority) -> ServerTLS:
+    """A server context with a certificate for ``localhost`` and ``127.0.0.1``."""
+    certificate, key = authority.issue("localhost", dns=["localhost"], ips=["127.0.0.1"])
+    return ServerTLS(key, certificate)
 
 
 @implementer(IOpenSSLContextFactory)
@@ -140,13 +69,13 @@ async def served(tmp_path: Path) -> AsyncIterator[Served]:
     """The stand-in over HTTPS on a random loopback port, with its CA in ``ca.pem``."""
     from twisted.internet import reactor
 
-    authority = Authority.create("cwm test CA")
+    authority = Authority("cwm test CA")
     ca_path = tmp_path / "ca.pem"
     ca_path.write_bytes(authority.pem())
     standin = VaultStandin()
     standin.create_token(token="root")
     standin.put_secret("app/auth", {"token": SECRET})
-    standin.listen(reactor, tls=authority.server_tls())
+    standin.listen(reactor, tls=server_tls(authority))
     try:
         yield Served(standin, ca_path, tmp_path)
     finally:
@@ -180,7 +109,7 @@ async def test_ca_bundle_is_trusted(served: Served) -> None:
 @pytest_twisted.ensureDeferred
 async def test_bundle_of_several_certificates(served: Served) -> None:
     """Every certificate of a bundle is trusted, whichever place the right one has."""
-    other = Authority.create("another CA").pem()
+    other = Authority("another CA").pem()
     for name, content in (
         ("last.pem", other + served.ca_path.read_bytes()),
         ("first.pem", served.ca_path.read_bytes() + other),
@@ -193,7 +122,7 @@ async def test_bundle_of_several_certificates(served: Served) -> None:
 @pytest_twisted.ensureDeferred
 async def test_only_the_bundle_is_trusted(served: Served) -> None:
     other = served.tmp_path / "other.pem"
-    other.write_bytes(Authority.create("another CA").pem())
+    other.write_bytes(Authority("another CA").pem())
     with pytest.raises(VaultUnavailable) as raised:
         await read_with(served.standin.addr, str(other))
     assert "TLS" in raised.value.reason
