@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 
 import pytest
 from klein import Klein
@@ -12,7 +11,9 @@ from twisted.web.resource import Resource
 from twisted.web.server import Site
 
 from cwm.web.framing import host_problem
-from cwm.web.limits import LimitedChannel, LimitedSite, NamedRequest
+from cwm.web.limits import LimitedChannel, NamedRequest
+from tests.unit.channel import answer
+from tests.unit.channel import connect as connect_to
 
 
 class Echo(Resource):
@@ -28,17 +29,7 @@ class Echo(Resource):
 
 
 def connect(resource: Resource | None = None, max_body: int = 1000) -> tuple[LimitedChannel, StringTransport]:
-    site = LimitedSite(resource or Echo(), max_body_bytes=max_body, reactor=Clock())
-    channel = site.buildProtocol(None)
-    transport = StringTransport()
-    channel.makeConnection(transport)
-    return channel, transport
-
-
-def answer(transport: StringTransport) -> tuple[int, dict[str, str]]:
-    head, _, body = transport.value().partition(b"\r\n\r\n")
-    assert b"Content-Type: application/json" in head
-    return int(head.split(b" ")[1]), json.loads(body)
+    return connect_to(resource or Echo(), max_body)
 
 
 def routed() -> Resource:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 
 import pytest
 from twisted.internet.error import ConnectionDone
@@ -14,6 +13,8 @@ from twisted.web.resource import Resource
 from zope.interface import implementer
 
 from cwm.web.limits import LINGER_SECONDS, LimitedChannel, LimitedSite
+from tests.unit.channel import answer
+from tests.unit.channel import connect as connect_to
 
 
 class Echo(Resource):
@@ -26,17 +27,7 @@ class Echo(Resource):
 
 
 def connect(max_body: int = 1000) -> tuple[LimitedChannel, StringTransport]:
-    site = LimitedSite(Echo(), max_body_bytes=max_body, reactor=Clock())
-    channel = site.buildProtocol(None)
-    transport = StringTransport()
-    channel.makeConnection(transport)
-    return channel, transport
-
-
-def answer(transport: StringTransport) -> tuple[int, dict[str, str]]:
-    head, _, body = transport.value().partition(b"\r\n\r\n")
-    status = int(head.split(b" ")[1])
-    return status, json.loads(body)
+    return connect_to(Echo(), max_body)
 
 
 def test_content_length_over_limit_is_413_before_body() -> None:
