@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import pytest
 from klein import Klein
 from twisted.internet.task import Clock
