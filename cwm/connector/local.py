@@ -179,9 +179,15 @@ def _store(
     stdout: IO[str],
     working_dir: FilePath | None,
     parent: MultiService,
+    output_to_log: bool = False,
 ) -> tuple[ConfigStore, tuple[HTTPConnectionPool, ...], BlockingWork]:
-    """The store of the module instances, their pools and file threads; its service closes them when ``parent`` stops."""
-    context, pools = module_context(reactor, stdout, working_dir or FilePath(os.getcwd()))
+    """The store of the module instances, their pools and file threads; its service closes them when ``parent`` stops.
+
+    ``output_to_log``: the ``log`` module writes to twistd's log, not ``stdout``.
+    """
+    context, pools = module_context(
+        reactor, stdout, working_dir or FilePath(os.getcwd()), output_to_log=output_to_log
+    )
     store = ConfigStore(context, environ)
     # Added before the source, so the source stops first.
     ModulesService(store, pools, context).setServiceParent(parent)
@@ -195,6 +201,7 @@ def module_delivery(
     stdout: IO[str],
     parent: MultiService,
     working_dir: FilePath | None = None,
+    output_to_log: bool = False,
 ) -> ModuleDelivery:
     """Module mode: entries from ``webhooks_config`` (and ``connections_config``, if set), reloaded live.
 
@@ -204,6 +211,8 @@ def module_delivery(
     Args:
         working_dir: What relative module paths are resolved against and
             ``save_to_disk`` is confined to; the current directory by default.
+        output_to_log: The ``log`` module writes to twistd's log instead of
+            ``stdout`` (twistd running as a daemon has /dev/null as stdout).
 
     Raises:
         ConfigError: no webhooks file, or a file that cannot be read or
@@ -214,7 +223,7 @@ def module_delivery(
     read_document(settings.webhooks_config, "webhooks")
     if settings.connections_config is not None:
         read_document(settings.connections_config, "connections")
-    store, pools, files = _store(reactor, environ, stdout, working_dir, parent)
+    store, pools, files = _store(reactor, environ, stdout, working_dir, parent, output_to_log)
     source = FileConfigSource(
         store,
         FilePath(settings.webhooks_config),
@@ -243,12 +252,15 @@ def etcd_delivery(
     stdout: IO[str],
     parent: MultiService,
     working_dir: FilePath | None = None,
+    output_to_log: bool = False,
 ) -> ModuleDelivery:
     """etcd mode: entries of ``settings.namespace`` and the global connections, live from etcd.
 
     The watch runs on its own thread (``PrefixWatch``) and retries with backoff
     while etcd is unreachable; until its first snapshot, every message is
     requeued. Add the stream client to ``parent`` after calling this.
+
+    ``output_to_log``: as for ``module_delivery``.
 
     Raises:
         ConfigError: no etcd host, or a namespace that cannot exist in etcd.
@@ -273,7 +285,7 @@ def etcd_delivery(
     def new_client() -> etcd_client.EtcdClient:
         return etcd_client.EtcdClient(options)
 
-    store, pools, files = _store(reactor, environ, stdout, working_dir, parent)
+    store, pools, files = _store(reactor, environ, stdout, working_dir, parent, output_to_log)
     mirror = PrefixMirror()
     source = EtcdConfigSource(store, mirror, settings.etcd_prefix, settings.namespace)
     PrefixWatch(new_client, etcd_client, settings.etcd_prefix.encode(), mirror, reactor).setServiceParent(parent)

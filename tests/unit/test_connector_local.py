@@ -618,3 +618,26 @@ def test_etcd_mode_builds_only_its_namespace_from_the_mirror(tmp_path: Path) -> 
     outcome = _sync.successResultOf(Deferred.fromCoroutine(delivery.deliver(message())))
     assert outcome == dead_letter("no local webhook 'hook'")
     _sync.successResultOf(Deferred.fromCoroutine(delivery.close()))
+
+
+def test_module_mode_of_a_daemon_logs_to_twistd_log_not_stdout(tmp_path: Path) -> None:
+    """``output_to_log`` (twistd without -n, whose stdout is /dev/null): the log module writes to twistd's log."""
+    from twisted.logger import globalLogPublisher
+
+    (tmp_path / "webhooks.json").write_text(json.dumps({"hook": {"module": "log"}}))
+    stdout, parent, clock = io.StringIO(), MultiService(), Clock()
+    delivery = module_delivery(
+        settings(webhooks_config=str(tmp_path / "webhooks.json")), clock, {}, stdout, parent,
+        working_dir=FilePath(str(tmp_path)), output_to_log=True,
+    )
+    parent.startService()
+    seen: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(seen.append)
+    try:
+        outcome = _sync.successResultOf(Deferred.fromCoroutine(delivery.deliver(message(body=b'{"event": "push"}'))))
+    finally:
+        globalLogPublisher.removeObserver(seen.append)
+        _sync.successResultOf(parent.stopService())
+    assert outcome == DELIVERED and stdout.getvalue() == ""
+    (logged,) = [e for e in seen if "webhook_text" in e]
+    assert json.loads(logged["webhook_text"])["payload"] == {"event": "push"}
