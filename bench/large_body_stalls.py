@@ -25,6 +25,7 @@ import http.client
 import json
 import os
 import re
+import signal
 import socket
 import statistics
 import subprocess
@@ -38,21 +39,29 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 TWISTD = str(Path(sys.executable).with_name("twistd"))
 
-# Runs inside twistd when --trace-gc is given: one line per collection, written as it ends.
+# Runs inside twistd when --trace-gc is given: one entry per collection, kept
+# in memory (no I/O inside the callback, which may run on any thread) and
+# written to a file on SIGUSR2.
 _TRACER = r"""
-import gc, json, sys, threading, time
-_started = [0.0, 0]
+import gc, json, signal, sys, threading, time
+_events = []
+_started = [0.0]
 def _trace(phase, info):
     if phase == "start":
         _started[0] = time.perf_counter()
         return
     took = time.perf_counter() - _started[0]
     held = len(gc.get_objects(2)) if info["generation"] == 2 and _COUNT else None
-    _file.write(json.dumps([time.time() - took, took, info["generation"], info["collected"], held,
-                            threading.current_thread().name]) + "\n")
+    _events.append((time.time() - took, took, info["generation"], info["collected"], held,
+                    threading.current_thread().name))
+def _dump(signum, frame):
+    with open(_out + ".tmp", "w") as f:
+        json.dump(_events, f)
+    import os
+    os.replace(_out + ".tmp", _out)
 _COUNT = bool(int(sys.argv.pop(1)))
 _out = sys.argv.pop(1)
-_file = open(_out, "w", buffering=1)
+signal.signal(signal.SIGUSR2, _dump)
 gc.callbacks.append(_trace)
 from twisted.scripts.twistd import run
 sys.argv[0] = "twistd"
@@ -142,6 +151,11 @@ def one_run(module: str, body: bytes, trace: bool, count: bool, env: dict[str, s
             probe.thread.join(10)
             conn.close()
             during = probe.samples[before:]
+            if trace:
+                process.send_signal(signal.SIGUSR2)
+                deadline = time.monotonic() + 30
+                while not trace_file.exists() and time.monotonic() < deadline:
+                    threading.Event().wait(0.05)
         finally:
             process.terminate()
             process.wait(30)
@@ -157,7 +171,7 @@ def one_run(module: str, body: bytes, trace: bool, count: bool, env: dict[str, s
             "answered_at_s": round(answered - posted, 2),
         }
         if trace:
-            events = [json.loads(line) for line in trace_file.read_text().splitlines() if line.endswith("]")]
+            events = json.loads(trace_file.read_text())
             window = [e for e in events if posted - 0.1 <= e[0] <= answered + 1.0]
             result["collections"] = {
                 g: sum(1 for e in window if e[2] == g) for g in (0, 1, 2)
