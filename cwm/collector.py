@@ -107,7 +107,7 @@ class FullCollectionHold(Service):
         self._max_hold = max_hold
         self._gc = gc_api
         self._monotonic = monotonic
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         # Under _lock:
         self.holders = 0
         self._saved: tuple[int, int, int] | None = None
@@ -162,11 +162,13 @@ class FullCollectionHold(Service):
             if held < self._max_hold:
                 return
             self._end_window()
-            started = self._monotonic()
-            collected = self._gc.collect()
-            took = self._monotonic() - started
+        # Outside the lock: finalizers run during a collection, and may take a hold.
+        started = self._monotonic()
+        collected = self._gc.collect()
+        took = self._monotonic() - started
+        with self._lock:
             self.forced += 1
-            if self.holders:
+            if self.holders and self._saved is None and self.running:
                 self._start_window()
         self._log.info(
             "full garbage collection after holding it off for {held:.1f} s: {collected} objects freed in {took_ms:.0f} ms",
