@@ -42,6 +42,7 @@ from twisted.python.filepath import FilePath
 from twisted.web.client import HTTPConnectionPool
 
 from cwm.body import LARGE_BODY, parse_body, thd_parse_body
+from cwm.collector import NoHold, PayloadHold
 from cwm.config.files import FileConfigSource, read_document
 from cwm.config.model import DEFAULT_NAMESPACE, namespace_problem
 from cwm.config.store import ConfigStore
@@ -74,6 +75,7 @@ class ModuleDelivery:
         source_status: Callable[[], Mapping[str, Any]] = dict,
         pools: tuple[HTTPConnectionPool, ...] = (),
         files: BlockingWork | None = None,
+        payload_hold: PayloadHold | None = None,
     ) -> None:
         """
         Args:
@@ -84,8 +86,12 @@ class ModuleDelivery:
             pools: The modules' HTTP pools, closed by ``close`` after them.
             files: The modules' file threads: a body over ``LARGE_BODY`` is
                 parsed there (None parses every body here).
+            payload_hold: Held while such a body's payload is parsed and
+                delivered, so that no full garbage collection walks it
+                (``cwm.collector``; the composition root's).
         """
         self._files = files
+        self._payload_hold: PayloadHold = payload_hold if payload_hold is not None else NoHold()
         self._store = store
         self._namespace = namespace
         self._clock = clock
@@ -111,6 +117,17 @@ class ModuleDelivery:
             ):
                 return requeue(f"local webhook '{webhook_id}' has an invalid configuration")
             return dead_letter(f"no local webhook '{webhook_id}'")
+        if len(message.body) <= LARGE_BODY:
+            return await self._deliver(webhook, message)
+        release = self._payload_hold.hold()
+        try:
+            return await self._deliver(webhook, message)
+        finally:
+            # On the reactor's next turn, once this frame has let go of the payload.
+            self._clock.callLater(0, release)
+
+    async def _deliver(self, webhook: Any, message: Message) -> Outcome:
+        webhook_id = message.webhook_id
         entry = webhook.entry
         content_type = message.headers.get("content-type")
         try:
@@ -202,6 +219,7 @@ def module_delivery(
     parent: MultiService,
     working_dir: FilePath | None = None,
     output_to_log: bool = False,
+    payload_hold: PayloadHold | None = None,
 ) -> ModuleDelivery:
     """Module mode: entries from ``webhooks_config`` (and ``connections_config``, if set), reloaded live.
 
@@ -213,6 +231,7 @@ def module_delivery(
             ``save_to_disk`` is confined to; the current directory by default.
         output_to_log: The ``log`` module writes to twistd's log instead of
             ``stdout`` (twistd running as a daemon has /dev/null as stdout).
+        payload_hold: See ``ModuleDelivery``.
 
     Raises:
         ConfigError: no webhooks file, or a file that cannot be read or
@@ -242,7 +261,7 @@ def module_delivery(
             "last_reload": source.last_reload,
         }
 
-    return ModuleDelivery(store, DEFAULT_NAMESPACE, reactor, "module", source_status, pools, files)
+    return ModuleDelivery(store, DEFAULT_NAMESPACE, reactor, "module", source_status, pools, files, payload_hold)
 
 
 def etcd_delivery(
@@ -253,6 +272,7 @@ def etcd_delivery(
     parent: MultiService,
     working_dir: FilePath | None = None,
     output_to_log: bool = False,
+    payload_hold: PayloadHold | None = None,
 ) -> ModuleDelivery:
     """etcd mode: entries of ``settings.namespace`` and the global connections, live from etcd.
 
@@ -260,7 +280,7 @@ def etcd_delivery(
     while etcd is unreachable; until its first snapshot, every message is
     requeued. Add the stream client to ``parent`` after calling this.
 
-    ``output_to_log``: as for ``module_delivery``.
+    ``output_to_log``, ``payload_hold``: as for ``module_delivery``.
 
     Raises:
         ConfigError: no etcd host, or a namespace that cannot exist in etcd.
@@ -295,4 +315,4 @@ def etcd_delivery(
         details.pop("instances", None)  # the connector does not announce itself
         return {"etcd": source.health, "etcd_prefix": settings.etcd_prefix, "etcd_status": details}
 
-    return ModuleDelivery(store, settings.namespace, reactor, "etcd", source_status, pools, files)
+    return ModuleDelivery(store, settings.namespace, reactor, "etcd", source_status, pools, files, payload_hold)

@@ -193,14 +193,15 @@ install_json_errors(StatusPage.app)
 def _delivery(settings: ConnectorSettings, reactor: Any, environ: Mapping[str, str], stdout: Any,
               parent: MultiService, policy: Any, daemon: bool) -> tuple[Delivery, tuple[Any, ...]]:
     """The delivery of the configured mode; its services go under ``parent``."""
-    if settings.delivery_mode == "etcd":
-        from cwm.connector.local import etcd_delivery
+    if settings.delivery_mode in ("etcd", "module"):
+        from cwm.collector import FullCollectionHold
+        from cwm.connector.local import etcd_delivery, module_delivery
 
-        return etcd_delivery(settings, reactor, environ, stdout, parent, output_to_log=daemon), ()
-    if settings.delivery_mode == "module":
-        from cwm.connector.local import module_delivery
-
-        return module_delivery(settings, reactor, environ, stdout, parent, output_to_log=daemon), ()
+        # Full garbage collections held off while a large message's payload is alive (bounded).
+        hold = FullCollectionHold(reactor)
+        hold.setServiceParent(parent)
+        build = etcd_delivery if settings.delivery_mode == "etcd" else module_delivery
+        return build(settings, reactor, environ, stdout, parent, output_to_log=daemon, payload_hold=hold), ()
     from cwm.connector.http import HttpDelivery, http_client
 
     client, pool = http_client(reactor, settings, policy)

@@ -641,3 +641,33 @@ def test_module_mode_of_a_daemon_logs_to_twistd_log_not_stdout(tmp_path: Path) -
     assert outcome == DELIVERED and stdout.getvalue() == ""
     (logged,) = [e for e in seen if "webhook_text" in e]
     assert json.loads(logged["webhook_text"])["payload"] == {"event": "push"}
+
+
+def test_module_mode_holds_full_collections_off_while_a_large_payload_is_alive(tmp_path: Path) -> None:
+    """A message over LARGE_BODY: held from its parsing to the end of its delivery, released on the next turn."""
+    from cwm.body import LARGE_BODY
+
+    held: list[int] = []
+    holds = [0]
+
+    class Hold:
+        def hold(self) -> Any:
+            holds[0] += 1
+            return lambda: holds.__setitem__(0, holds[0] - 1)
+
+    class Files:
+        def run(self, function: Any, *args: Any) -> Deferred[Any]:
+            held.append(holds[0])
+            return InlineWork().run(function, *args)
+
+    store, clock = real_store(tmp_path, {})
+    store.replace_all({"default": {"doc": {"module": "save_to_disk", "module-config": {"path": "doc"}}}}, {})
+    store.mark_loaded()
+    delivery = ModuleDelivery(store, "default", clock, files=Files(), payload_hold=Hold())
+    big = json.dumps({"pad": "x" * LARGE_BODY}).encode()
+    assert _sync.successResultOf(Deferred.fromCoroutine(delivery.deliver(message("doc", big)))) == DELIVERED
+    assert held == [1] and holds == [1]
+    clock.advance(0)
+    assert holds == [0] and clock.getDelayedCalls() == []
+    assert _sync.successResultOf(Deferred.fromCoroutine(delivery.deliver(message("doc", b'{"small": 1}')))) == DELIVERED
+    assert holds == [0] and clock.getDelayedCalls() == []
