@@ -20,6 +20,7 @@ from twisted.python.failure import Failure
 
 from cwm.auth import PayloadCheck
 from cwm.body import LARGE_BODY, parse_body
+from cwm.collector import NoHold, PayloadHold, Release
 from cwm.config.model import DEFAULT_NAMESPACE, namespace_problem, webhook_id_problem
 from cwm.config.store import ConfigStore, Webhook
 from cwm.errors import HTTPError
@@ -90,9 +91,13 @@ class WebhookPipeline:
         max_in_flight: int,
         default_namespace: str = DEFAULT_NAMESPACE,
         body_work: BlockingWork | None = None,
+        payload_hold: PayloadHold | None = None,
     ) -> None:
-        """``body_work``: the threads large bodies are parsed on (None parses every body here)."""
+        """``body_work``: the threads large bodies are parsed on (None parses every body here).
+        ``payload_hold``: held from before a large body is parsed until its delivery ends,
+        so that no full garbage collection walks its payload (``cwm.collector``)."""
         self._body_work = body_work
+        self._payload_hold: PayloadHold = payload_hold if payload_hold is not None else NoHold()
         self._store = store
         self._clock = clock
         self._max_in_flight = max_in_flight
@@ -103,6 +108,12 @@ class WebhookPipeline:
         """Process one request; raise HTTPError for every answer but 200 and 202."""
         request_id = uuid.uuid4().hex
         where = f"{namespace or self._default_namespace}/{webhook_id}"
+        # A large body's payload is alive from its parsing to the end of its
+        # delivery (which may outlive the answer); the delivery releases it.
+        # Releases wait for the next turn of the reactor, once this frame
+        # and the delivery's have let go of the payload.
+        release = self._payload_hold.hold() if len(request.body) > LARGE_BODY else None
+        delivering = [False]
         try:
             webhook = self._find(namespace, webhook_id)
             request = replace(request, client_ip=webhook.checks.client_ip(request))
@@ -122,13 +133,16 @@ class WebhookPipeline:
                 data_type=webhook.entry.data_type,
                 client_ip=request.client_ip,
             )
-            answer = await self._dispatch(webhook, event)
+            answer = await self._dispatch(webhook, event, release, delivering)
         except HTTPError as e:
             self._outcome(where, request_id, request, e.status, e.detail)
             raise
         except CancelledError:
             self._outcome(where, request_id, request, 499, "client went away; delivery continues")
             raise
+        finally:
+            if release is not None and not delivering[0]:
+                self._clock.callLater(0, release)
         self._outcome(where, request_id, request, answer.status, "")
         return answer
 
@@ -178,7 +192,10 @@ class WebhookPipeline:
                 503, "Server busy: too many large bodies are being parsed", {"Retry-After": str(BUSY_RETRY_AFTER)}
             ) from None
 
-    async def _dispatch(self, webhook: Webhook, event: WebhookEvent) -> Answer:
+    async def _dispatch(
+        self, webhook: Webhook, event: WebhookEvent, release: Release | None = None, delivering: list[bool] | None = None
+    ) -> Answer:
+        """Run the module; ``release`` is called once the delivery ends (``delivering[0]`` says it will be)."""
         if self.in_flight >= self._max_in_flight:
             raise HTTPError(
                 503,
@@ -192,11 +209,15 @@ class WebhookPipeline:
             # Results travel wrapped in a tuple so a Failure is a value here,
             # never an unhandled error.
             self.in_flight -= 1
+            if release is not None:
+                self._clock.callLater(0, release)
             if answered.called:  # timed out, or the client went away
                 self._background_outcome(event, result)
             else:
                 answered.callback((result,))
 
+        if delivering is not None:
+            delivering[0] = True
         delivery: Deferred[None] = Deferred.fromCoroutine(webhook.module.deliver(event))
         delivery.addBoth(finished)
 

@@ -19,6 +19,7 @@ from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.endpoints import serverFromString
 from twisted.web.client import HTTPConnectionPool
 
+from cwm.collector import FullCollectionHold, PayloadHold
 from cwm.config.files import FileConfigSource
 from cwm.config.store import ConfigStore
 from cwm.modules.runtime import ModulesService, module_context
@@ -253,7 +254,8 @@ def build_receiver(
     body_work = ThreadWorkers(reactor, "cwm-body", BODY_THREADS, BODY_QUEUE_LIMIT)
     body_work.setServiceParent(top)
     pipeline = WebhookPipeline(
-        store, reactor, settings.max_concurrent_tasks, settings.default_namespace, body_work=body_work
+        store, reactor, settings.max_concurrent_tasks, settings.default_namespace, body_work=body_work,
+        payload_hold=_payload_hold(settings, reactor, top),
     )
 
     def health() -> tuple[bool, Mapping[str, Any]]:
@@ -307,6 +309,15 @@ BODY_THREADS = 2
 
 BODY_QUEUE_LIMIT = 16
 """Large bodies accepted for parsing at once; past it the sender gets 503 with Retry-After."""
+
+
+def _payload_hold(settings: Settings, reactor: Any, parent: MultiService) -> PayloadHold | None:
+    """Full garbage collections held off while large payloads are alive (bounded), or None when off."""
+    if settings.gc_hold_max <= 0:
+        return None
+    hold = FullCollectionHold(reactor, max_hold=settings.gc_hold_max)
+    hold.setServiceParent(parent)
+    return hold
 
 
 def _freeze_gc() -> None:

@@ -110,6 +110,9 @@ class Settings:
             so far out of the garbage collector's reach (``gc.freeze()``), so
             that full collections stay short with many webhooks
             (``GC_FREEZE_AFTER_LOAD``).
+        gc_hold_max: Seconds full garbage collections may stay held off while
+            large bodies are alive (``GC_HOLD_MAX_SECONDS``); 0 never holds
+            them off (``cwm.collector``).
     """
 
     listen: str
@@ -129,6 +132,7 @@ class Settings:
     max_connections: int = 10_000
     listen_backlog: int = DEFAULT_BACKLOG
     gc_freeze: bool = True
+    gc_hold_max: float = 30.0
 
     @property
     def default_namespace(self) -> str:
@@ -279,6 +283,7 @@ def parse_settings(
         max_connections=source.get(None, "MAX_CONNECTIONS", integer(1, 10_000_000), 10_000),
         listen_backlog=default_backlog(),
         gc_freeze=source.get(None, "GC_FREEZE_AFTER_LOAD", boolean, True),
+        gc_hold_max=source.get(None, "GC_HOLD_MAX_SECONDS", number(0.0, 3600.0), 30.0),
     )
 
 

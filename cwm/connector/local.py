@@ -42,6 +42,7 @@ from twisted.python.filepath import FilePath
 from twisted.web.client import HTTPConnectionPool
 
 from cwm.body import LARGE_BODY, parse_body, thd_parse_body
+from cwm.collector import NoHold, PayloadHold
 from cwm.config.files import FileConfigSource, read_document
 from cwm.config.model import DEFAULT_NAMESPACE, namespace_problem
 from cwm.config.store import ConfigStore
@@ -74,6 +75,7 @@ class ModuleDelivery:
         source_status: Callable[[], Mapping[str, Any]] = dict,
         pools: tuple[HTTPConnectionPool, ...] = (),
         files: BlockingWork | None = None,
+        payload_hold: PayloadHold | None = None,
     ) -> None:
         """
         Args:
@@ -84,8 +86,12 @@ class ModuleDelivery:
             pools: The modules' HTTP pools, closed by ``close`` after them.
             files: The modules' file threads: a body over ``LARGE_BODY`` is
                 parsed there (None parses every body here).
+            payload_hold: Held while such a body's payload is parsed and
+                delivered, so that no full garbage collection walks it
+                (``cwm.collector``; the composition root's).
         """
         self._files = files
+        self._payload_hold: PayloadHold = payload_hold if payload_hold is not None else NoHold()
         self._store = store
         self._namespace = namespace
         self._clock = clock
@@ -111,6 +117,17 @@ class ModuleDelivery:
             ):
                 return requeue(f"local webhook '{webhook_id}' has an invalid configuration")
             return dead_letter(f"no local webhook '{webhook_id}'")
+        if len(message.body) <= LARGE_BODY:
+            return await self._deliver(webhook, message)
+        release = self._payload_hold.hold()
+        try:
+            return await self._deliver(webhook, message)
+        finally:
+            # On the reactor's next turn, once this frame has let go of the payload.
+            self._clock.callLater(0, release)
+
+    async def _deliver(self, webhook: Any, message: Message) -> Outcome:
+        webhook_id = message.webhook_id
         entry = webhook.entry
         content_type = message.headers.get("content-type")
         try:
@@ -179,9 +196,15 @@ def _store(
     stdout: IO[str],
     working_dir: FilePath | None,
     parent: MultiService,
+    output_to_log: bool = False,
 ) -> tuple[ConfigStore, tuple[HTTPConnectionPool, ...], BlockingWork]:
-    """The store of the module instances, their pools and file threads; its service closes them when ``parent`` stops."""
-    context, pools = module_context(reactor, stdout, working_dir or FilePath(os.getcwd()))
+    """The store of the module instances, their pools and file threads; its service closes them when ``parent`` stops.
+
+    ``output_to_log``: the ``log`` module writes to twistd's log, not ``stdout``.
+    """
+    context, pools = module_context(
+        reactor, stdout, working_dir or FilePath(os.getcwd()), output_to_log=output_to_log
+    )
     store = ConfigStore(context, environ)
     # Added before the source, so the source stops first.
     ModulesService(store, pools, context).setServiceParent(parent)
@@ -195,6 +218,8 @@ def module_delivery(
     stdout: IO[str],
     parent: MultiService,
     working_dir: FilePath | None = None,
+    output_to_log: bool = False,
+    payload_hold: PayloadHold | None = None,
 ) -> ModuleDelivery:
     """Module mode: entries from ``webhooks_config`` (and ``connections_config``, if set), reloaded live.
 
@@ -204,6 +229,9 @@ def module_delivery(
     Args:
         working_dir: What relative module paths are resolved against and
             ``save_to_disk`` is confined to; the current directory by default.
+        output_to_log: The ``log`` module writes to twistd's log instead of
+            ``stdout`` (twistd running as a daemon has /dev/null as stdout).
+        payload_hold: See ``ModuleDelivery``.
 
     Raises:
         ConfigError: no webhooks file, or a file that cannot be read or
@@ -214,7 +242,7 @@ def module_delivery(
     read_document(settings.webhooks_config, "webhooks")
     if settings.connections_config is not None:
         read_document(settings.connections_config, "connections")
-    store, pools, files = _store(reactor, environ, stdout, working_dir, parent)
+    store, pools, files = _store(reactor, environ, stdout, working_dir, parent, output_to_log)
     source = FileConfigSource(
         store,
         FilePath(settings.webhooks_config),
@@ -233,7 +261,7 @@ def module_delivery(
             "last_reload": source.last_reload,
         }
 
-    return ModuleDelivery(store, DEFAULT_NAMESPACE, reactor, "module", source_status, pools, files)
+    return ModuleDelivery(store, DEFAULT_NAMESPACE, reactor, "module", source_status, pools, files, payload_hold)
 
 
 def etcd_delivery(
@@ -243,12 +271,16 @@ def etcd_delivery(
     stdout: IO[str],
     parent: MultiService,
     working_dir: FilePath | None = None,
+    output_to_log: bool = False,
+    payload_hold: PayloadHold | None = None,
 ) -> ModuleDelivery:
     """etcd mode: entries of ``settings.namespace`` and the global connections, live from etcd.
 
     The watch runs on its own thread (``PrefixWatch``) and retries with backoff
     while etcd is unreachable; until its first snapshot, every message is
     requeued. Add the stream client to ``parent`` after calling this.
+
+    ``output_to_log``, ``payload_hold``: as for ``module_delivery``.
 
     Raises:
         ConfigError: no etcd host, or a namespace that cannot exist in etcd.
@@ -273,7 +305,7 @@ def etcd_delivery(
     def new_client() -> etcd_client.EtcdClient:
         return etcd_client.EtcdClient(options)
 
-    store, pools, files = _store(reactor, environ, stdout, working_dir, parent)
+    store, pools, files = _store(reactor, environ, stdout, working_dir, parent, output_to_log)
     mirror = PrefixMirror()
     source = EtcdConfigSource(store, mirror, settings.etcd_prefix, settings.namespace)
     PrefixWatch(new_client, etcd_client, settings.etcd_prefix.encode(), mirror, reactor).setServiceParent(parent)
@@ -283,4 +315,4 @@ def etcd_delivery(
         details.pop("instances", None)  # the connector does not announce itself
         return {"etcd": source.health, "etcd_prefix": settings.etcd_prefix, "etcd_status": details}
 
-    return ModuleDelivery(store, settings.namespace, reactor, "etcd", source_status, pools, files)
+    return ModuleDelivery(store, settings.namespace, reactor, "etcd", source_status, pools, files, payload_hold)

@@ -191,16 +191,17 @@ install_json_errors(StatusPage.app)
 
 
 def _delivery(settings: ConnectorSettings, reactor: Any, environ: Mapping[str, str], stdout: Any,
-              parent: MultiService, policy: Any) -> tuple[Delivery, tuple[Any, ...]]:
+              parent: MultiService, policy: Any, daemon: bool) -> tuple[Delivery, tuple[Any, ...]]:
     """The delivery of the configured mode; its services go under ``parent``."""
-    if settings.delivery_mode == "etcd":
-        from cwm.connector.local import etcd_delivery
+    if settings.delivery_mode in ("etcd", "module"):
+        from cwm.collector import FullCollectionHold
+        from cwm.connector.local import etcd_delivery, module_delivery
 
-        return etcd_delivery(settings, reactor, environ, stdout, parent), ()
-    if settings.delivery_mode == "module":
-        from cwm.connector.local import module_delivery
-
-        return module_delivery(settings, reactor, environ, stdout, parent), ()
+        # Full garbage collections held off while a large message's payload is alive (bounded).
+        hold = FullCollectionHold(reactor)
+        hold.setServiceParent(parent)
+        build = etcd_delivery if settings.delivery_mode == "etcd" else module_delivery
+        return build(settings, reactor, environ, stdout, parent, output_to_log=daemon, payload_hold=hold), ()
     from cwm.connector.http import HttpDelivery, http_client
 
     client, pool = http_client(reactor, settings, policy)
@@ -208,8 +209,11 @@ def _delivery(settings: ConnectorSettings, reactor: Any, environ: Mapping[str, s
 
 
 def build_connector(settings: ConnectorSettings, reactor: Any, environ: Mapping[str, str],
-                    stdout: Any) -> tuple[MultiService, ConnectorService]:
+                    stdout: Any, daemon: bool = False) -> tuple[MultiService, ConnectorService]:
     """Wire the connector from its settings; returns the service tree and the connector.
+
+    ``daemon``: twistd runs without ``-n``, so stdout is /dev/null and the
+    ``log`` module (module and etcd modes) writes to twistd's log instead.
 
     Raises:
         ConfigError: a TLS file, a local config file or the etcd namespace is unusable.
@@ -222,7 +226,7 @@ def build_connector(settings: ConnectorSettings, reactor: Any, environ: Mapping[
     cloud, cloud_pool = http_client(reactor, settings, policy)
     counters = Counters()
     holder = MultiService()
-    delivery, pools = _delivery(settings, reactor, environ, stdout, holder, policy)
+    delivery, pools = _delivery(settings, reactor, environ, stdout, holder, policy, daemon)
     dispatcher = Dispatcher(delivery, reactor, settings.max_concurrent_requests, counters)
     link = CloudLink(settings, reactor, cloud, dispatcher, policy.creator)
     connector = ConnectorService(settings, link, dispatcher, delivery, reactor, (cloud_pool, *pools))
@@ -242,8 +246,10 @@ def makeService(options: ConnectorOptions) -> MultiService:
     """twistd's entry point."""
     from twisted.internet import reactor
 
+    from cwm.service import daemonized
+
     try:
-        top, _ = build_connector(options.settings, reactor, os.environ, sys.__stdout__)
+        top, _ = build_connector(options.settings, reactor, os.environ, sys.__stdout__, daemon=daemonized(options))
     except ConfigError as e:
         _fail(str(e))
     return top

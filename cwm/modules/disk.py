@@ -27,7 +27,7 @@ from typing import Any
 
 from twisted.logger import Logger
 
-from cwm.body import LARGE_BODY
+from cwm.body import LARGE_BODY, encode_in_pieces
 from cwm.errors import ConfigError
 from cwm.modules._config import get_bool, get_str, reject_unknown_keys
 from cwm.modules.base import ModuleContext, ModuleUnavailable, WebhookEvent
@@ -253,8 +253,7 @@ class DiskModule:
             ModuleUnavailable: no free name, or the target escapes base_dir.
         """
         if event.data_type != "blob" and len(event.body) > LARGE_BODY:
-            encoder = json.JSONEncoder(ensure_ascii=False)
-            content = "".join(encoder.iterencode(event.payload)).encode("utf-8")
+            content = encode_in_pieces(json.JSONEncoder(ensure_ascii=False), event.payload).encode("utf-8")
         else:
             content = self.file_content(event)
         return self._write(content, self.file_name(event))

@@ -29,7 +29,7 @@ from typing import IO, Any
 
 from twisted.logger import Logger
 
-from cwm.body import LARGE_BODY
+from cwm.body import LARGE_BODY, dismantle, encode_in_pieces
 from cwm.modules._config import get_bool, reject_unknown_keys
 from cwm.modules.base import ModuleContext, ModuleUnavailable, TextOutput, WebhookEvent
 from cwm.modules.output import DirectOutput
@@ -201,7 +201,8 @@ class LogModule:
         """The text written for ``event`` (newline-terminated); never mutates it.
 
         ``yielding``: serialise with the Python-level encoder, which lets other
-        threads run (the C one holds the GIL for a whole large document).
+        threads run (the C one holds the GIL for a whole large document), and
+        free the masked copy piece by piece.
         """
         headers = redact_headers(
             event.headers, self._redact_sensitive, self._secret_headers, self._secret_params
@@ -230,7 +231,10 @@ class LogModule:
             body_key: body,
         }
         if yielding:
-            return "".join(json.JSONEncoder(default=_json_fallback).iterencode(record)) + "\n"
+            text = encode_in_pieces(json.JSONEncoder(default=_json_fallback), record, "\n")
+            if body is not event.payload:
+                dismantle(body)  # the masked copy, this call's own
+            return text
         return json.dumps(record, default=_json_fallback) + "\n"
 
     def _render_pretty(

@@ -28,6 +28,12 @@ pytestmark = pytest.mark.integration
 # The issue's bound (50 ms) plus margin for a busy 2-core machine; a stall
 # before the fix was 2.5 s for a 10 MB body and unbounded for a frozen disk.
 HEALTH_BOUND = 0.05 + 0.15
+# The 10 MB cases: measured 17-28 ms worst with a full test run beside them,
+# 21-56 ms with one CPU-bound process beside (bench/large_body_stalls.py,
+# bench/results/large-body-stalls-2026-12-07.md); before full collections were
+# held off, 44-84 ms. Two CPU-bound processes beside make any server on 2 cores
+# miss its turn for tens of ms, hence the margin.
+TEN_MB_HEALTH_BOUND = 0.05 + 0.05
 PROBE_TIMEOUT = 5.0
 
 
@@ -201,7 +207,11 @@ def big_body() -> bytes:
 
 @pytest.mark.parametrize("module", ["save_to_disk", "log"])
 def test_ten_mb_json_body_does_not_stall_health(tmp_path: Path, big_body: bytes, module: str) -> None:
-    """A 10 MB JSON body is parsed and checked against its schema off the reactor thread, then saved or logged."""
+    """A 10 MB JSON body is parsed and checked against its schema off the reactor thread, then saved or logged.
+
+    No full garbage collection walks its payload meanwhile (``cwm.collector``),
+    and no single step holds the GIL long (``cwm.body.encode_in_pieces``).
+    """
     webhooks = {
         "bulk": {
             "module": module,
@@ -218,10 +228,13 @@ def test_ten_mb_json_body_does_not_stall_health(tmp_path: Path, big_body: bytes,
             thread, result = post_in_thread(process, "/webhook/bulk", big_body)
             thread.join(60)
             during = len(probe.latencies) - before
+            # And what follows the answer: the payload freed, the collector given back.
+            answered = len(probe.latencies)
+            wait_for(lambda: len(probe.latencies) >= answered + 50, 10)
         print(f"10 MB body, {module}: {during} probes during the POST, worst {probe.worst * 1000:.1f} ms")
         assert result.get("status") == 200, result
         assert during >= 5, "too few probes overlapped the POST to say anything"
-        assert probe.worst < HEALTH_BOUND, f"/health took {probe.worst:.3f} s while a 10 MB body was parsed"
+        assert probe.worst < TEN_MB_HEALTH_BOUND, f"/health took {probe.worst:.3f} s while a 10 MB body was handled"
         if module == "save_to_disk":
             saved = [p for p in (tmp_path / "out").iterdir() if p.stat().st_size > 1_000_000]
             assert len(saved) == 1 and json.loads(saved[0].read_bytes())["event"] == "bulk"

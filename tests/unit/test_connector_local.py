@@ -618,3 +618,56 @@ def test_etcd_mode_builds_only_its_namespace_from_the_mirror(tmp_path: Path) -> 
     outcome = _sync.successResultOf(Deferred.fromCoroutine(delivery.deliver(message())))
     assert outcome == dead_letter("no local webhook 'hook'")
     _sync.successResultOf(Deferred.fromCoroutine(delivery.close()))
+
+
+def test_module_mode_of_a_daemon_logs_to_twistd_log_not_stdout(tmp_path: Path) -> None:
+    """``output_to_log`` (twistd without -n, whose stdout is /dev/null): the log module writes to twistd's log."""
+    from twisted.logger import globalLogPublisher
+
+    (tmp_path / "webhooks.json").write_text(json.dumps({"hook": {"module": "log"}}))
+    stdout, parent, clock = io.StringIO(), MultiService(), Clock()
+    delivery = module_delivery(
+        settings(webhooks_config=str(tmp_path / "webhooks.json")), clock, {}, stdout, parent,
+        working_dir=FilePath(str(tmp_path)), output_to_log=True,
+    )
+    parent.startService()
+    seen: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(seen.append)
+    try:
+        outcome = _sync.successResultOf(Deferred.fromCoroutine(delivery.deliver(message(body=b'{"event": "push"}'))))
+    finally:
+        globalLogPublisher.removeObserver(seen.append)
+        _sync.successResultOf(parent.stopService())
+    assert outcome == DELIVERED and stdout.getvalue() == ""
+    (logged,) = [e for e in seen if "webhook_text" in e]
+    assert json.loads(logged["webhook_text"])["payload"] == {"event": "push"}
+
+
+def test_module_mode_holds_full_collections_off_while_a_large_payload_is_alive(tmp_path: Path) -> None:
+    """A message over LARGE_BODY: held from its parsing to the end of its delivery, released on the next turn."""
+    from cwm.body import LARGE_BODY
+
+    held: list[int] = []
+    holds = [0]
+
+    class Hold:
+        def hold(self) -> Any:
+            holds[0] += 1
+            return lambda: holds.__setitem__(0, holds[0] - 1)
+
+    class Files:
+        def run(self, function: Any, *args: Any) -> Deferred[Any]:
+            held.append(holds[0])
+            return InlineWork().run(function, *args)
+
+    store, clock = real_store(tmp_path, {})
+    store.replace_all({"default": {"doc": {"module": "save_to_disk", "module-config": {"path": "doc"}}}}, {})
+    store.mark_loaded()
+    delivery = ModuleDelivery(store, "default", clock, files=Files(), payload_hold=Hold())
+    big = json.dumps({"pad": "x" * LARGE_BODY}).encode()
+    assert _sync.successResultOf(Deferred.fromCoroutine(delivery.deliver(message("doc", big)))) == DELIVERED
+    assert held == [1] and holds == [1]
+    clock.advance(0)
+    assert holds == [0] and clock.getDelayedCalls() == []
+    assert _sync.successResultOf(Deferred.fromCoroutine(delivery.deliver(message("doc", b'{"small": 1}')))) == DELIVERED
+    assert holds == [0] and clock.getDelayedCalls() == []
