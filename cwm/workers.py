@@ -11,6 +11,7 @@ state: their result or exception comes back through a Deferred.
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Callable
 from typing import Any, Protocol, TypeVar
@@ -61,6 +62,9 @@ class ThreadWorkers(Service):
         self._name = name
         self._reactor = reactor
         self._pool = ThreadPool(minthreads=0, maxthreads=threads, name=name)
+        # Daemon threads: a call stuck on a dead disk (given up on by
+        # stopService after STOP_TIMEOUT) must not keep the process from exiting.
+        self._pool.threadFactory = functools.partial(threading.Thread, daemon=True)  # type: ignore[assignment]
         self._queue_limit = queue_limit
         self.pending = 0
         self.refused = 0

@@ -164,10 +164,14 @@ def test_thread_workers_run_on_their_own_threads_and_stop() -> None:
     reactor = ThreadQueueReactor()
     workers = ThreadWorkers(reactor, "test", threads=2, queue_limit=4)
     workers.startService()
-    results: list[str] = []
-    workers.run(lambda: threading.current_thread().name).addCallback(results.append)
+    results: list[tuple[str, bool]] = []
+    workers.run(lambda: (threading.current_thread().name, threading.current_thread().daemon)).addCallback(
+        results.append
+    )
     reactor.pump(lambda: bool(results))
-    assert results[0].startswith("PoolThread-test") and workers.pending == 0
+    name, daemon = results[0]
+    assert name.startswith("PoolThread-test") and workers.pending == 0
+    assert daemon, "a call stuck on a dead disk must not keep the process from exiting"
     stopped = workers.stopService()
     reactor.pump(lambda: stopped.called)
     _sync.successResultOf(stopped)
