@@ -72,6 +72,9 @@ class WebhookChecks:
         secret_headers: Lower-case names of every header a check reads a
             credential or signature from (masked wherever headers are shown).
         secret_params: Every query parameter a check reads a credential from.
+        credential_headers: The ``secret_headers`` that carry a credential (a
+            token or a password) rather than a signature over the body: never
+            relayed onwards (a signature is, so that local targets can verify it).
         slack: The entry verifies Slack signatures (``hmac`` provider ``slack``),
             so a signed ``url_verification`` handshake is answered, not delivered.
     """
@@ -81,6 +84,7 @@ class WebhookChecks:
     trusted_proxies: tuple[IPNetwork, ...] = ()
     secret_headers: frozenset[str] = frozenset()
     secret_params: frozenset[str] = frozenset()
+    credential_headers: frozenset[str] = frozenset()
     slack: bool = False
 
     def client_ip(self, request: InboundRequest) -> str:
@@ -142,5 +146,8 @@ def build_checks(entry: Mapping[str, Any]) -> WebhookChecks:
         trusted_proxies,
         secret_headers=frozenset().union(*(check.secret_headers for check in checks)),
         secret_params=frozenset().union(*(check.secret_params for check in checks)),
+        credential_headers=frozenset().union(
+            *(check.secret_headers for check in checks if not isinstance(check, HmacCheck))
+        ),
         slack=slack,
     )

@@ -446,6 +446,7 @@ class ConfigStore:
                     entry=(namespace, webhook_id),
                     secret_headers=checks.secret_headers,
                     secret_params=checks.secret_params,
+                    credential_headers=checks.credential_headers,
                 ),
             )
         except ConfigError as e:

@@ -22,16 +22,26 @@ FULL_RETRY_AFTER = 10
 CREDENTIAL_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie"})
 
 
-def relayed_headers(headers: Mapping[str, list[str]], forward_credentials: bool) -> dict[str, str]:
-    """The request's headers as connectors receive them: one string per (lower-case) name."""
+def relayed_headers(
+    headers: Mapping[str, list[str]], forward_credentials: bool, credentials: frozenset[str] = frozenset()
+) -> dict[str, str]:
+    """The request's headers as connectors receive them: one string per (lower-case) name.
+
+    ``credentials``: the headers the entry's own checks read a token or a
+    password from (``header_auth``'s ``X-Gitlab-Token``...), left out like
+    ``CREDENTIAL_HEADERS`` so that no connector, nor a ``log`` target behind
+    it, ever sees them.
+    """
     return {
         name: ", ".join(values)
         for name, values in headers.items()
-        if forward_credentials or name not in CREDENTIAL_HEADERS
+        if forward_credentials or (name not in CREDENTIAL_HEADERS and name not in credentials)
     }
 
 
-def envelope(event: WebhookEvent, config: ChannelConfig, message_id: str) -> dict[str, Any]:
+def envelope(
+    event: WebhookEvent, config: ChannelConfig, message_id: str, credentials: frozenset[str] = frozenset()
+) -> dict[str, Any]:
     """What is stored for one webhook: upstream's envelope plus the exact body bytes."""
     payload: Any = event.payload
     if isinstance(payload, bytes):  # a blob: its text if it has one, the bytes are in body_base64
@@ -47,7 +57,7 @@ def envelope(event: WebhookEvent, config: ChannelConfig, message_id: str) -> dic
         "timestamp": iso(event.received_at),
         "expires_at": iso(event.received_at + config.ttl_seconds),
         "metadata": {"source": "webhook_connect_module", "request_id": event.request_id, "client_ip": event.client_ip},
-        "headers": relayed_headers(event.headers, config.forward_credentials),
+        "headers": relayed_headers(event.headers, config.forward_credentials, credentials),
         "payload": payload,
         "body_base64": base64.b64encode(event.body).decode("ascii"),
         "data_type": event.data_type,
@@ -57,10 +67,18 @@ def envelope(event: WebhookEvent, config: ChannelConfig, message_id: str) -> dic
 class WebhookConnectModule:
     """One config entry's channel; registered with the hub while the entry lives."""
 
-    def __init__(self, config: ChannelConfig, hub: ConnectHub, release: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        config: ChannelConfig,
+        hub: ConnectHub,
+        release: Callable[[], None],
+        credentials: frozenset[str] = frozenset(),
+    ) -> None:
+        """``credentials``: the headers the entry's checks read a token or password from."""
         self.config = config
         self._hub = hub
         self._release = release
+        self._credentials = credentials
 
     async def deliver(self, event: WebhookEvent) -> None:
         config = self.config
@@ -73,7 +91,7 @@ class WebhookConnectModule:
         message_id = "msg_" + uuid.uuid4().hex[:16]
         # Redis unreachable raises ConnectUnavailable: a ModuleUnavailable (503, Retry-After 5).
         stored = await self._hub.publish(
-            config, event.webhook_id, message_id, envelope(event, config, message_id), event.received_at
+            config, event.webhook_id, message_id, envelope(event, config, message_id, self._credentials), event.received_at
         )
         if stored is None:
             raise ModuleUnavailable(
@@ -91,4 +109,4 @@ def build(module_config: Mapping[str, Any], ctx: ModuleContext) -> WebhookConnec
         raise ConfigError("Webhook Connect is off: set WEBHOOK_CONNECT_ENABLED=true to use it")
     if ctx.entry is None:
         raise ConfigError("webhook_connect is only available to webhook entries")
-    return WebhookConnectModule(config, hub, hub.register(ctx.entry, config))
+    return WebhookConnectModule(config, hub, hub.register(ctx.entry, config), ctx.credential_headers)

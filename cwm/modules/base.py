@@ -138,6 +138,7 @@ class ModuleContext:
     entry: tuple[str, str] | None = None
     secret_headers: frozenset[str] = frozenset()
     secret_params: frozenset[str] = frozenset()
+    credential_headers: frozenset[str] = frozenset()
     files: BlockingWork = field(default_factory=NoWorkers)
     output: TextOutput | None = None
 

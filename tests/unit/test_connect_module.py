@@ -148,3 +148,28 @@ def test_poll_times_out_empty() -> None:
     clock.advance(0.1)
     assert _sync.successResultOf(poll.done) == []
     assert clock.getDelayedCalls() == []
+
+
+def test_credential_headers_the_entrys_checks_read_are_not_relayed() -> None:
+    """``header_auth``'s X-Gitlab-Token never reaches Redis or a connector; a signature does
+    (local targets verify it), and ``forward_credentials`` keeps both."""
+    from cwm.auth import build_checks
+
+    checks = build_checks(
+        {
+            "header_auth": {"header_name": "X-Gitlab-Token", "api_key": "glpat-0123456789"},
+            "hmac": {"secret": "s3cret", "header": "X-Body-Mac"},
+        }
+    )
+    assert checks.credential_headers == frozenset({"x-gitlab-token"})
+    assert "x-body-mac" in checks.secret_headers
+    hub = FakeHub()
+    module = WebhookConnectModule(CONFIG, hub, lambda: None, checks.credential_headers)  # type: ignore[arg-type]
+    signed = event()
+    signed.headers.update({"x-gitlab-token": ["glpat-0123456789"], "x-body-mac": ["ab12"]})
+    _sync.successResultOf(deliver(module, signed))
+    [(_, _, stored, _)] = hub.published
+    assert "x-gitlab-token" not in stored["headers"] and stored["headers"]["x-body-mac"] == "ab12"
+    assert "glpat-0123456789" not in repr(stored)
+    kept = relayed_headers({"x-gitlab-token": ["t"]}, forward_credentials=True, credentials=checks.credential_headers)
+    assert kept == {"x-gitlab-token": "t"}
