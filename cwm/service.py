@@ -298,7 +298,9 @@ def build_receiver(
         max_connections=settings.max_connections,
         fd_limit=resource.getrlimit(resource.RLIMIT_NOFILE)[0],
     )
-    site = LimitedSite(receiver.resource(), settings.max_body_bytes, reactor, limits)
+    # Only TCP and UNIX ports take a refused connection as None; TLS (ssl:) wraps the protocol.
+    wrapped = settings.listen.split(":", 1)[0] not in ("tcp", "tcp6", "unix")
+    site = LimitedSite(receiver.resource(), settings.max_body_bytes, reactor, limits, wrapped=wrapped)
     listen = with_backlog(settings.listen, settings.listen_backlog)
     StreamServerEndpointService(serverFromString(reactor, listen), site).setServiceParent(top)
     return top, receiver, site

@@ -28,7 +28,7 @@ from urllib.parse import unquote_to_bytes
 from typing import Any
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime, ITCPTransport
-from twisted.internet.protocol import connectionDone
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
 from twisted.web import http, server
 from twisted.web.iweb import IRequest
@@ -405,6 +405,14 @@ class LimitedChannel(http.HTTPChannel):
         super().connectionLost(reason)
 
 
+class RefusedConnection(Protocol):
+    """A connection refused at the cap, on a listener that cannot be given ``None``: cut at once."""
+
+    def connectionMade(self) -> None:
+        assert self.transport is not None
+        self.transport.abortConnection()  # type: ignore[attr-defined]
+
+
 class LimitedSite(server.Site):
     """A Site using LimitedChannel, no form parsing, and no access log.
 
@@ -421,16 +429,22 @@ class LimitedSite(server.Site):
         max_body_bytes: int,
         reactor: Any,
         limits: ConnectionLimits | None = None,
+        wrapped: bool = False,
     ) -> None:
+        """``wrapped``: the listener wraps the site's protocols (TLS), so a refused
+        connection gets a protocol that aborts it rather than ``None``."""
         # Twisted's own timeout is off: the channel's deadlines replace it.
         super().__init__(resource, parsePOSTFormSubmission=False, reactor=reactor, timeout=None)
         self.max_body_bytes = max_body_bytes
+        self.wrapped = wrapped
         self.limits = limits or ConnectionLimits()
         self.connections = ConnectionTable(reactor, self.limits)
 
     def buildProtocol(self, addr: Any) -> Any:
         if not self.connections.admit():
-            return None  # the port closes the socket at once
+            # A TCP or UNIX port closes the socket at once when given None,
+            # before it accepts more; a TLS wrapper needs a protocol to wrap.
+            return RefusedConnection() if self.wrapped else None
         channel = super().buildProtocol(addr)
         channel.max_body_bytes = self.max_body_bytes
         channel.limits = self.limits

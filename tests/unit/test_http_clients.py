@@ -346,3 +346,17 @@ def test_no_timer_left_after_the_connection_is_lost() -> None:
     server.close(channel)
     assert server.clock.getDelayedCalls() == []
     assert server.site.connections.open_count == 0
+
+
+def test_on_a_wrapping_listener_a_refused_connection_is_a_protocol_that_aborts() -> None:
+    """A TLS listener wraps what buildProtocol returns: None there logged two tracebacks per refused client."""
+    from cwm.web.limits import RefusedConnection
+
+    server = Server(ConnectionLimits(max_connections=1))
+    server.site.wrapped = True
+    assert server.connect()[0] is not None
+    refused = server.site.buildProtocol(None)
+    assert isinstance(refused, RefusedConnection)
+    transport = TCPLikeTransport()
+    refused.makeConnection(transport)
+    assert transport.aborted and server.site.connections.totals["refused"] == 1
