@@ -172,10 +172,13 @@ def test_connection_flood_past_max_connections(tmp_path: Path, closing: list[soc
         for _ in range(5):
             code, _, _ = cwm.post("/webhook/logged")
             assert code == 200
-        assert len(still_open(kept, 0.5)) == 49  # one was shed; each POST then closed its own connection
         # Counted, and logged as summary lines (one per 10 s), not one line per client.
-        cwm.wait_until(lambda: summary_totals(cwm)["refused"] == 150 and summary_totals(cwm)["shed"] == 1, 25)
+        cwm.wait_until(lambda: summary_totals(cwm)["refused"] == 150 and summary_totals(cwm)["shed"] >= 1, 25)
         assert sum(1 for line in cwm.lines if "refused" in line) <= 2
+        # Usually one is shed, then each POST's connection is closed before the next; a POST
+        # that arrives before the server has seen its predecessor's close sheds one more.
+        shed = summary_totals(cwm)["shed"]
+        assert 1 <= shed <= 5 and len(still_open(kept, 0.5)) == 50 - shed
     finally:
         cwm.stop()
 
