@@ -220,6 +220,12 @@ def _etcd_source(
     return status
 
 
+def _fd_limit() -> int | None:
+    """The soft limit on open files, or None when there is none to watch."""
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return None if soft == resource.RLIM_INFINITY else soft
+
+
 def build_receiver(
     settings: Settings,
     reactor: Any,
@@ -296,7 +302,7 @@ def build_receiver(
         body_timeout=settings.http_body_timeout,
         idle_timeout=settings.http_idle_timeout,
         max_connections=settings.max_connections,
-        fd_limit=resource.getrlimit(resource.RLIMIT_NOFILE)[0],
+        fd_limit=_fd_limit(),
     )
     # Only TCP and UNIX ports take a refused connection as None; TLS (ssl:) wraps the protocol.
     wrapped = settings.listen.split(":", 1)[0] not in ("tcp", "tcp6", "unix")

@@ -63,3 +63,15 @@ def test_default_backlog_is_511_or_somaxconn_when_lower(tmp_path: Path) -> None:
 )
 def test_with_backlog_adds_one_unless_given(given: str, expected: str) -> None:
     assert with_backlog(given, 511) == expected
+
+
+def test_an_unlimited_open_file_limit_is_not_watched(monkeypatch: pytest.MonkeyPatch) -> None:
+    """RLIM_INFINITY (-1) as a limit would make every new connection look past it."""
+    import resource
+
+    from cwm import service
+
+    monkeypatch.setattr(resource, "getrlimit", lambda which: (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+    assert service._fd_limit() is None
+    monkeypatch.setattr(resource, "getrlimit", lambda which: (1024, 4096))
+    assert service._fd_limit() == 1024
