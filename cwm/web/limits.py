@@ -204,6 +204,8 @@ class LimitedChannel(http.HTTPChannel):
     def _close_quietly(self) -> None:
         """Close a connection that has no request in progress; cut it if the client never reads."""
         self._phase = _CLOSING
+        if self.table is not None:
+            self.table.closing(self)
         self.setTimeout(None)
         self.loseConnection()
         self._linger = self.callLater(LINGER_SECONDS, self._cut)
@@ -380,6 +382,8 @@ class LimitedChannel(http.HTTPChannel):
         self.transport.write(head + body)
         self._phase = _CLOSING
         self._cancel_deadline()
+        if self.table is not None:
+            self.table.closing(self)  # never a shed candidate while it lingers
         self.setTimeout(None)
         if ITCPTransport.providedBy(self.transport):
             # Send the answer and a FIN, discard whatever the client still sends

@@ -329,7 +329,7 @@ def test_one_summary_line_per_interval(monkeypatch: pytest.MonkeyPatch) -> None:
             "0 malformed or oversized requests rejected; 3 connections open",
             "HTTP clients in the last 10 s: 0 refused at the connection limit, 0 shed to make room, "
             "3 header timeouts, 0 body timeouts, 0 idle connections closed, "
-            "0 malformed or oversized requests rejected; 3 connections open",
+            "0 malformed or oversized requests rejected; 0 connections open",  # the 3 timed out are closing
         ]
         server.clock.advance(30)
         assert len(lines) == 2  # nothing new, no line
@@ -360,3 +360,18 @@ def test_on_a_wrapping_listener_a_refused_connection_is_a_protocol_that_aborts()
     transport = TCPLikeTransport()
     refused.makeConnection(transport)
     assert transport.aborted and server.site.connections.totals["refused"] == 1
+
+
+def test_a_rejected_connection_lingering_for_its_answer_is_no_shed_candidate() -> None:
+    """While it lingers so the client can read its 400, it holds its descriptor but is no longer waiting."""
+    server = Server()
+    rejected, _ = server.connect()
+    assert rejected is not None
+    rejected.dataReceived(b"\x16\x03\x01garbage")
+    stalled, stalled_transport = server.connect()
+    server.clock.advance(SHED_GRACE)
+    assert server.site.connections.open_count == 1
+    server.connect()
+    server.connect()
+    assert server.connect()[0] is not None  # room made by shedding the stalled one, not the lingering one
+    assert stalled_transport.aborted
