@@ -159,13 +159,29 @@ class StdoutWriter(Service):
         return waiter.addTimeout(STOP_TIMEOUT, self._reactor).addErrback(gave_up)
 
 
+LOG_TEXT_LIMIT = 64 * 1024
+"""Characters of one webhook's text sent to twistd's log; the rest is cut, and the cut said."""
+
+
 class LoggerOutput:
-    """Sends each webhook's text to twistd's log: for a daemon, whose stdout is /dev/null."""
+    """Sends each webhook's text to twistd's log: for a daemon, whose stdout is /dev/null.
+
+    twistd's log observers write each event on the reactor thread, so one
+    event is kept to ``LOG_TEXT_LIMIT`` characters: a 10 MB body must not
+    become a 10 MB write there. (Run with ``-n`` to see whole bodies on stdout.)
+    """
 
     _log = Logger(namespace="cwm.modules.log")
 
+    def __init__(self, limit: int = LOG_TEXT_LIMIT) -> None:
+        self._limit = limit
+
     def write(self, text: str) -> Deferred[None]:
-        self._log.info("{webhook_text}", webhook_text=text.rstrip("\n"))
+        text = text.rstrip("\n")
+        if len(text) > self._limit:
+            cut = len(text) - self._limit
+            text = f"{text[: self._limit]}... [{cut} more characters not logged]"
+        self._log.info("{webhook_text}", webhook_text=text)
         return succeed(None)
 
 

@@ -380,3 +380,18 @@ def test_daemonized_reads_twistd_nodaemon() -> None:
     assert daemonized(options) is True
     options.parent = {"nodaemon": True}
     assert daemonized(options) is False
+
+
+def test_logger_output_keeps_one_event_small() -> None:
+    """twistd writes log events on the reactor thread: a huge body is cut, and the cut is said."""
+    from twisted.logger import globalLogPublisher
+
+    seen: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(seen.append)
+    try:
+        _sync.successResultOf(LoggerOutput(limit=100).write("x" * 150 + "\n"))
+        _sync.successResultOf(LoggerOutput(limit=100).write("short\n"))
+    finally:
+        globalLogPublisher.removeObserver(seen.append)
+    texts = [e["webhook_text"] for e in seen if "webhook_text" in e]
+    assert texts == ["x" * 100 + "... [50 more characters not logged]", "short"]
