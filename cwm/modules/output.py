@@ -79,6 +79,8 @@ class StdoutWriter(Service):
         Fails at once with ModuleUnavailable (503, Retry-After) when the
         buffer would pass its bound, and with it later if the write fails.
         """
+        if not self.running:  # no thread will write it: stopping, or never started
+            return fail(ModuleUnavailable("could not write to stdout: the writer has stopped", FULL_RETRY_AFTER))
         if self.buffered and self.buffered + len(text) > self._limit:
             self.refused += 1
             if not self._refusing:

@@ -219,6 +219,8 @@ def test_log_module_answers_once_written_and_503_past_the_buffer(tmp_path: Path)
     assert writer.buffered == 0
     stopped = writer.stopService()
     reactor.pump(lambda: stopped.called)
+    late = _sync.failureResultOf(writer.write("after stop\n"), ModuleUnavailable)  # never a silent wait
+    assert late.value.status == 503 and "stopped" in late.value.detail
 
 
 def test_log_module_write_failure_is_503() -> None:
