@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from twisted.internet.defer import Deferred, FirstError, gatherResults
+from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
 from twisted.logger import Logger
 
@@ -487,11 +487,13 @@ class StreamBuffer:
         for n, names in sorted(by_count.items()):
             args, by_key = self._read_command(names, n, None)
             reads.append(self._redis.execute_command(*args).addCallback(self._found, by_key))
-        try:
-            replies = await gatherResults(reads, consumeErrors=True)
-        except FirstError as e:
-            e.subFailure.raiseException()
-        return [item for reply in replies for item in reply]
+        # Every reply is waited for, even once one failed: what the others handed this
+        # consumer is then in Redis's pending list before the caller looks there.
+        results: list[tuple[bool, Any]] = await DeferredList(reads, consumeErrors=True)
+        for ok, result in results:
+            if not ok:
+                result.raiseException()
+        return [item for _, reply in results for item in reply]
 
     def read_blocking(
         self, channels: dict[str, int], block_ms: int

@@ -74,6 +74,8 @@ CONSUMER_FORGOTTEN_MS = 24 * 3600 * 1000
 UNCONFIGURED_MAX_DELIVERIES = 1_000_000
 TICK_SECONDS = 1.0
 SWEEP_SECONDS = 5.0
+STOP_TIMEOUT = 2 * CALL_TIMEOUT
+"""Seconds ``stop`` waits for the read loop and a sweep under way to end."""
 REPLAY_PAGE = 500
 """Dead letters a replay scans (and moves) per Redis call, each call with its own timeout."""
 
@@ -106,6 +108,19 @@ def _reason(error: BaseException) -> str:
     """A short reason for status pages: the error's text (Redis errors carry no secret), bounded."""
     text = error.cause if isinstance(error, ConnectUnavailable) else str(error) or type(error).__name__
     return text if len(text) <= 200 else text[:197] + "..."
+
+
+def _follow(d: Deferred[Any]) -> Deferred[None]:
+    """A Deferred that fires (with None) when ``d`` does, leaving ``d``'s own result alone."""
+    follower: Deferred[None] = Deferred()
+
+    def fired(result: Any) -> Any:
+        if not follower.called:
+            follower.callback(None)
+        return result
+
+    d.addBoth(fired)
+    return follower
 
 
 def iso(seconds: float) -> str:
@@ -295,7 +310,7 @@ class ConnectHub:
         self._unblocking: IDelayedCall | None = None
         self._tick = LoopingCall(self._on_tick)
         self._tick.clock = clock
-        self._sweep = LoopingCall(lambda: Deferred.fromCoroutine(self._sweep_redis()))
+        self._sweep = LoopingCall(self._sweep_once)
         self._sweep.clock = clock
         self._read_loop: Deferred[None] | None = None
         self._read_state = "stopped"
@@ -305,6 +320,9 @@ class ConnectHub:
         self._reconciling = False
         self._backoff = Backoff(initial=0.5, maximum=5.0, healthy_reset=10.0)
         self._pending: set[Deferred[Any]] = set()
+        self._lost_reads = False  # a read failed: Redis may hold messages for us whose reply was lost
+        self._settling: set[str] = set()  # stream ids whose ack or nack is under way here
+        self._sweeping: Deferred[None] | None = None
         self.buffer_ok = True
         self.last_error = ""
 
@@ -332,6 +350,16 @@ class ConnectHub:
 
         loop.start(interval, now=now).addErrback(failed)
 
+    def _sweep_once(self) -> Deferred[None]:
+        sweeping = self._sweeping = Deferred.fromCoroutine(self._sweep_redis())
+
+        def done(result: Any) -> Any:
+            if self._sweeping is sweeping:
+                self._sweeping = None
+            return result
+
+        return sweeping.addBoth(done)
+
     def _start_read_loop(self) -> None:
         self._read_restart = None
         if not self._running:
@@ -345,6 +373,7 @@ class ConnectHub:
         """The read loop died (a bug, not Redis: those it retries itself): start it again, with backoff."""
         if not self._running or failure.check(CancelledError):
             return
+        self._lost_reads = True
         delay = self._backoff.failed(self._clock.seconds())
         self._log.failure("Webhook Connect read loop failed; restarting in {delay:g} s", failure, delay=delay)
         self._read_state = "restarting"
@@ -374,9 +403,17 @@ class ConnectHub:
             self._read.cancel()
         if self._unblocking is not None and self._unblocking.active():
             self._unblocking.cancel()
-        waits = list(self._pending)
-        done: Deferred[Any] = DeferredList(waits, consumeErrors=True)
-        return done.addCallback(lambda _: None)
+        # The read loop (a read under way gives back what it brings) and a sweep in
+        # progress end first, then what they and the closing connections spawned.
+        loops = [d for d in (self._read_loop, self._sweeping) if d is not None and not d.called]
+        ended: Deferred[Any] = DeferredList([_follow(d) for d in loops], consumeErrors=True)
+        ended.addTimeout(STOP_TIMEOUT, self._clock)
+        ended.addErrback(lambda _: None)  # bounded: what is still under way is reclaimed later
+
+        def then_pending(_: Any) -> Deferred[Any]:
+            return DeferredList(list(self._pending), consumeErrors=True)
+
+        return ended.addCallback(then_pending).addCallback(lambda _: None)
 
     # -- channels ------------------------------------------------------------
 
@@ -450,13 +487,7 @@ class ConnectHub:
                     # This consumer name is stable across restarts: whatever it
                     # holds now (the channel is not read before this is done),
                     # this process never sent.
-                    for stream_id in await self._call(self._buffer.held_by_me(channel.name)):
-                        await self._call(
-                            self._buffer.give_back(
-                                channel.name, stream_id, channel.config.max_deliveries, "instance restarted",
-                                self._clock.seconds(),
-                            )
-                        )
+                    await self._give_back_held(channel, "instance restarted", counted=True, source=self._buffer)
                 finally:
                     channel.recovering = False
                 channel.recovered = True
@@ -464,6 +495,52 @@ class ConnectHub:
             return  # the sweep tries again
         channel.ready = True
         self._capacity_changed(channel)
+
+    async def _give_back_held(self, channel: Channel, reason: str, counted: bool, source: StreamBuffer) -> int:
+        """Give back what this consumer holds in Redis on ``channel`` and no connection here
+        has in flight (nor is settling); how many. Raises ConnectUnavailable.
+
+        ``source`` is the connection that asks Redis what is held: after a lost read,
+        the reader's own, so the answer comes after every read it had sent."""
+        held = await self._call(source.held_by_me(channel.name))
+        mine = {
+            item.message.stream_id for c in channel.connections.values() for item in c.in_flight.values()
+        } | self._settling
+        given = 0
+        for stream_id in held:
+            if stream_id in mine:
+                continue
+            await self._call(
+                self._buffer.give_back(
+                    channel.name, stream_id, channel.config.max_deliveries, reason, self._clock.seconds(),
+                    counted=counted,
+                )
+            )
+            given += 1
+        return given
+
+    async def _recover_lost_reads(self) -> bool:
+        """After a read whose reply was lost (a timeout, a failure of one of its commands):
+        what Redis handed this consumer that no connection here holds goes back, uncounted
+        (it was never sent). False when Redis could not be asked (tried again later)."""
+        for channel in list(self._channels.values()):
+            if not channel.ready:
+                continue  # its give-back at start-up (``_ensure``) comes first
+            try:
+                given = await self._give_back_held(channel, "read reply lost", counted=False, source=self._reader)
+            except ConnectUnavailable:
+                return False
+            except txredisapi.ResponseError as e:
+                if "NOGROUP" in str(e):
+                    continue  # the stream is gone: nothing is held there
+                raise
+            if given:
+                self._log.info(
+                    "channel {channel!r}: {count} message(s) read while the reply was lost given back",
+                    channel=channel.name,
+                    count=given,
+                )
+        return True
 
     # -- tokens ----------------------------------------------------------------
 
@@ -692,6 +769,7 @@ class ConnectHub:
         item = connection.in_flight.pop(message_id, None)
         if item is None:
             raise NotInFlight(message_id)
+        self._settling.add(item.message.stream_id)
         try:
             if ack:
                 outcome = "acked" if await self._call(self._buffer.ack(connection.channel, item.message.stream_id)) else "gone"
@@ -712,6 +790,8 @@ class ConnectHub:
             if connection.id in self._connections:
                 connection.in_flight[message_id] = item
             raise
+        finally:
+            self._settling.discard(item.message.stream_id)
         connection.last_activity = self._clock.seconds()
         self._count_settled(connection, item, ack)
         return outcome
@@ -913,6 +993,14 @@ class ConnectHub:
 
     async def _read_forever(self) -> None:
         while self._running:
+            if self._lost_reads:
+                # A read failed or timed out: Redis may have handed this consumer messages
+                # whose reply never came. Give them back before reading again.
+                if not await self._recover_lost_reads():
+                    if not await self._pause(self._backoff.failed(self._clock.seconds())):
+                        return
+                    continue
+                self._lost_reads = False
             wanted = self._wanted()
             if not wanted:
                 if not await self._pause(None):
@@ -925,12 +1013,14 @@ class ConnectHub:
                     # Nothing waits: wait for the first new message (at most one per stream).
                     messages = await self._read_blocking(wanted)
             except CancelledError:
+                self._lost_reads = True
                 if not self._running:
                     return
                 messages = []
             except (ConnectUnavailable, txredisapi.ResponseError) as e:
                 # Redis away, or a group gone (Redis restarted empty): retried here. Anything
                 # else is a bug that ends this loop; it is then restarted (_read_loop_failed).
+                self._lost_reads = True
                 if isinstance(e, txredisapi.ResponseError) and "NOGROUP" not in str(e):
                     raise
                 self._reader_failed(e)
@@ -942,6 +1032,11 @@ class ConnectHub:
                 self._log.info("Webhook Connect reads from Redis again")
             self.buffer_ok = True
             self._read_state, self._read_error = "running", ""
+            if not self._running:
+                # Stopped while the read was under way: nobody here will send these.
+                for channel_name, message in messages:
+                    self._spawn(self._give_back(channel_name, message, "server shutting down", counted=False))
+                return
             self._dispatch(messages)
 
     async def _read_blocking(self, wanted: dict[str, int]) -> list[tuple[str, Buffered]]:
@@ -964,6 +1059,8 @@ class ConnectHub:
 
     async def _pause(self, delay: float | None) -> bool:
         """Wait ``delay`` seconds (None: no limit) or until a window opens; False once stopped."""
+        if not self._running:
+            return False
         wait: Deferred[None] = Deferred()
         self._idle = wait
 

@@ -453,3 +453,62 @@ def test_a_message_acked_on_another_instance_frees_the_slot_here() -> None:
     assert connection.free() == 1 and connection.acked == 1 and buffer.given_back() == []
     assert buffer.reads[-1][0] == {"ch": 1}
     hub.stop()
+
+
+# --- review of the cloud side: lost read replies, stop, settling ------------------------------------
+
+
+class HeldReads(RecordingBuffer):
+    """``held_by_me`` answers what the test says this consumer holds in Redis."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.held: list[str] = []
+        self.startup_done = False
+
+    async def held_by_me(self, channel: str) -> list[str]:
+        if not self.startup_done:
+            return []
+        return list(self.held)
+
+
+def test_after_a_failed_read_what_redis_handed_us_and_nobody_holds_goes_back_uncounted() -> None:
+    from cwm.connect.hub import ConnectUnavailable
+
+    clock = Clock()
+    clock.advance(1000)
+    buffer = HeldReads()
+    hub = ConnectHub(buffer, buffer, clock, "me")  # type: ignore[arg-type]
+    hub.start()
+    hub.register(OWNER, ChannelConfig(name="ch", token="t"))
+    buffer.startup_done = True
+    connection, received = open_connection(hub, window=2)
+    buffer.answer(message(1))
+    assert received == [1]
+    # The next read's reply is lost (a timeout, one of its commands failing), though Redis
+    # handed message 2 to this consumer.
+    buffer.held = ["1-0", "2-0"]
+    buffer.reads[-1][1].errback(ConnectUnavailable("Redis did not answer within 5 s"))
+    assert buffer.given_back() == []
+    clock.advance(1)  # the backoff; then, before reading again
+    assert buffer.given_back() == [("2-0", "read reply lost", False, False)]  # not 1-0: in flight here
+    assert buffer.reads[-1][0] == {"ch": 1} and not buffer.reads[-1][1].called
+    hub.stop()
+
+
+def test_stop_waits_for_the_read_under_way_and_gives_back_what_it_brings() -> None:
+    hub, buffer, clock = hub_with_channel()
+    connection, received = open_connection(hub, window=2)
+    stopped = hub.stop()
+    assert not stopped.called  # the read is still under way
+    buffer.answer(message(1))
+    assert received == [] and buffer.given_back()[-1] == ("1-0", "server shutting down", False, False)
+    _sync.successResultOf(stopped)
+
+
+def test_stop_is_bounded_when_the_read_never_answers() -> None:
+    hub, buffer, clock = hub_with_channel()
+    open_connection(hub, window=2)
+    stopped = hub.stop()
+    clock.advance(5)  # the read's own timeout: a lost reply, nothing dispatched
+    _sync.successResultOf(stopped)
