@@ -74,6 +74,9 @@ CONSUMER_FORGOTTEN_MS = 24 * 3600 * 1000
 UNCONFIGURED_MAX_DELIVERIES = 1_000_000
 TICK_SECONDS = 1.0
 SWEEP_SECONDS = 5.0
+TOKENS_FRESH_SECONDS = 3 * SWEEP_SECONDS
+"""How long the rotated tokens last read (by the sweep, every ``SWEEP_SECONDS``) are trusted
+for ``authorize_known``: a rotation on another instance is honoured here within about a sweep."""
 STOP_TIMEOUT = 2 * CALL_TIMEOUT
 """Seconds ``stop`` waits for the read loop and a sweep under way to end."""
 REPLAY_PAGE = 500
@@ -245,6 +248,8 @@ class Channel:
     recovered: bool = False  # what this consumer held before a restart was given back
     recovering: bool = False  # that give-back is under way
     expire_cursor: str = ""
+    tokens: TokenState | None = None  # the rotated tokens as last read from Redis...
+    tokens_read_at: float | None = None  # ...then (None: not read yet)
     last: tuple[Owner, ChannelConfig] | None = None  # the latest registration, kept after release
 
     @property
@@ -555,12 +560,21 @@ class ConnectHub:
                 self._log.info("channel {channel!r}: rotated tokens found in plain text now stored hashed",
                                channel=channel.name)
             state = hashed
+        channel.tokens, channel.tokens_read_at = state, self._clock.seconds()
         return state
 
     async def authorize(self, channel: Channel, token: str) -> bool:
         """Whether ``token`` opens ``channel`` now (the configured or rotated tokens)."""
         state = await self.token_state(channel)
         return self._tokens.accepted(token, channel.config.token, state, self._clock.seconds(), channel.name)
+
+    def authorize_known(self, channel: Channel, token: str) -> bool | None:
+        """``authorize`` without Redis, from the tokens the sweep last read; None when those
+        are not known or older than ``TOKENS_FRESH_SECONDS`` (ask ``authorize``)."""
+        now = self._clock.seconds()
+        if channel.tokens_read_at is None or now - channel.tokens_read_at > TOKENS_FRESH_SECONDS:
+            return None
+        return self._tokens.accepted(token, channel.config.token, channel.tokens, now, channel.name)
 
     async def rotate(self, channel: Channel, grace_seconds: float) -> tuple[str, TokenState]:
         """A new token for the channel, on every instance; the old one works for ``grace_seconds``.
@@ -570,6 +584,7 @@ class ConnectHub:
         state = await self.token_state(channel)
         token, rotated = self._tokens.rotate(channel.config.token, state, self._clock.seconds(), grace_seconds)
         await self._call(self._buffer.store_tokens(channel.name, rotated.as_redis()))
+        channel.tokens, channel.tokens_read_at = rotated, self._clock.seconds()
         return token, rotated
 
     # -- publishing ----------------------------------------------------------
@@ -1162,6 +1177,7 @@ class ConnectHub:
                     self._buffer.expire_waiting(channel.name, now, channel.expire_cursor)
                 )
                 await self._call(self._buffer.forget_idle_consumers(channel.name, CONSUMER_FORGOTTEN_MS))
+                await self.token_state(channel)  # for authorize_known: rotations on other instances
                 records = {
                     c.id: c.record(self.instance, now + REGISTRY_TTL)
                     for c in channel.connections.values()

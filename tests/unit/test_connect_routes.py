@@ -136,3 +136,61 @@ def test_admin_and_status_calls_racing_a_reload_that_releases_the_channel_answer
     codes = [answer(d)[0] for d in pending]
     assert codes == [200, 200, 200]
     hub.stop()
+
+
+class SharedTokens(RouteBuffer):
+    """Rotated tokens in one dict, shared by the hubs (instances) using this buffer; lookups counted."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stored: dict[str, dict[str, str]] = {}
+        self.token_reads = 0
+
+    async def tokens(self, channel: str) -> dict[str, str]:
+        self.token_reads += 1
+        return dict(self.stored.get(channel, {}))
+
+    async def store_tokens(self, channel: str, fields: list[str], replacing: str = "") -> bool:
+        self.stored[channel] = dict(zip(fields[::2], fields[1::2]))
+        return True
+
+
+def test_an_ack_from_elsewhere_with_a_bad_token_costs_no_redis_call_per_channel() -> None:
+    clock = Clock()
+    clock.advance(1000)
+    buffer = SharedTokens()
+    hub = ConnectHub(buffer, buffer, clock, "me")  # type: ignore[arg-type]
+    hub.start()
+    for n in range(5):
+        hub.register(("default", f"h{n}"), ChannelConfig(name=f"ch{n}", token=f"t{n}"))
+    clock.advance(5)  # a sweep reads each channel's tokens
+    reads = buffer.token_reads
+    for _ in range(3):
+        assert post_ack(hub, clock, "sse_elsewhere_1", "?message_id=msg_9", token="made-up") == (
+            401, {"detail": "Invalid token"})
+    assert buffer.token_reads == reads
+    hub.stop()
+
+
+def test_a_rotation_on_another_instance_is_honoured_for_acks_here_within_a_sweep() -> None:
+    clock = Clock()
+    clock.advance(1000)
+    buffer = SharedTokens()
+    key = b"k" * 32
+    here = ConnectHub(buffer, buffer, clock, "here", token_key=key)  # type: ignore[arg-type]
+    there = ConnectHub(buffer, buffer, clock, "there", token_key=key)  # type: ignore[arg-type]
+    for hub in (here, there):
+        hub.start()
+        hub.register(OWNER, ChannelConfig(name="ch", token="t"))
+    clock.advance(5)
+    channel = there.channel("ch")
+    assert channel is not None
+    new, _ = _sync.successResultOf(Deferred.fromCoroutine(there.rotate(channel, 10)))
+    clock.advance(5)  # the next sweep here reads the rotation
+    buffer.in_redis["msg_9"] = "9-0"
+    assert post_ack(here, clock, "sse_elsewhere_1", "?message_id=msg_9", token=new)[0] == 200
+    assert post_ack(here, clock, "sse_elsewhere_1", "?message_id=msg_9", token="t")[0] == 404  # in its grace
+    clock.advance(10)  # the grace is over: the old token no longer opens it
+    assert post_ack(here, clock, "sse_elsewhere_1", "?message_id=msg_9", token="t")[0] == 401
+    for hub in (here, there):
+        hub.stop()
