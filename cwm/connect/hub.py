@@ -787,7 +787,13 @@ class ConnectHub:
         self._settling.add(item.message.stream_id)
         try:
             if ack:
-                outcome = "acked" if await self._call(self._buffer.ack(connection.channel, item.message.stream_id)) else "gone"
+                acked = await self._call(self._buffer.ack(connection.channel, item.message.stream_id))
+                if not acked:
+                    # Not in flight at that stream id: it may have been requeued under a new one
+                    # meanwhile (a nack or a reclaim elsewhere); then it is still queued, and the
+                    # connector did handle it.
+                    acked = await self._call(self._buffer.ack_message(connection.channel, message_id))
+                outcome = "acked" if acked else "gone"
             else:
                 result = await self._call(
                     self._buffer.give_back(

@@ -512,3 +512,38 @@ def test_stop_is_bounded_when_the_read_never_answers() -> None:
     stopped = hub.stop()
     clock.advance(5)  # the read's own timeout: a lost reply, nothing dispatched
     _sync.successResultOf(stopped)
+
+
+class RequeuedElsewhere(RecordingBuffer):
+    """Stream ids in ``moved`` were requeued under a new id by another instance; ``ids`` maps
+    message ids to their current stream ids (as the channel's ids hash does)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.moved: set[str] = set()
+        self.ids: dict[str, str] = {}
+
+    async def ack(self, channel: str, stream_id: str) -> bool:
+        self.calls.append(("ack", stream_id))
+        return stream_id not in self.moved
+
+    async def ack_message(self, channel: str, message_id: str) -> bool:
+        self.calls.append(("ack_message", message_id))
+        return self.ids.pop(message_id, None) is not None
+
+
+def test_an_ack_meeting_a_stale_stream_id_acks_the_requeued_copy_by_message_id() -> None:
+    clock = Clock()
+    clock.advance(1000)
+    buffer = RequeuedElsewhere()
+    hub = ConnectHub(buffer, buffer, clock, "me")  # type: ignore[arg-type]
+    hub.start()
+    hub.register(OWNER, ChannelConfig(name="ch", token="t"))
+    connection, _ = open_connection(hub, window=2)
+    buffer.answer(message(1), message(2))
+    buffer.moved |= {"1-0", "2-0"}  # both nacked on another instance: requeued...
+    buffer.ids["msg_1"] = "9-0"  # ...msg_1 is still queued under 9-0; msg_2 was settled since
+    assert settle(hub, connection, "msg_1") == "acked"
+    assert ("ack_message", "msg_1") in buffer.calls and "msg_1" not in buffer.ids
+    assert settle(hub, connection, "msg_2") == "gone"
+    hub.stop()
