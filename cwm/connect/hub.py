@@ -103,6 +103,10 @@ class ConnectUnavailable(ModuleUnavailable):
         self.cause = cause
 
 
+class SinkClosed(Exception):
+    """A sink's transport is closing (its close is under way): nothing was sent."""
+
+
 class NotInFlight(Exception):
     """The connection holds no such message (already settled, timed out, or never sent)."""
 
@@ -1133,13 +1137,19 @@ class ConnectHub:
 
     def _send(self, connection: Connection, messages: list[Buffered]) -> None:
         """Hand each message to the connection's sink. One that cannot be sent is given back
-        alone (counted as a failed delivery of that message only); the others go on."""
+        alone (counted as a failed delivery of that message only); the others go on. A sink
+        that is closing (``SinkClosed``) sent nothing: given back uncounted."""
         for message in messages:
             sink = connection.sink
             if sink is None:
                 return  # closed meanwhile: what it holds was given back with it
             try:
                 sink([message])
+            except SinkClosed:
+                # Closing: the close gives back what it held; this one was never sent.
+                if connection.in_flight.pop(message.message_id, None) is not None:
+                    self._spawn(self._give_back(connection.channel, message, "connection closing", counted=False))
+                continue
             except Exception:
                 self._log.failure(
                     "sending message {message_id} to connection {connection_id} failed; given back",

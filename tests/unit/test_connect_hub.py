@@ -547,3 +547,21 @@ def test_an_ack_meeting_a_stale_stream_id_acks_the_requeued_copy_by_message_id()
     assert ("ack_message", "msg_1") in buffer.calls and "msg_1" not in buffer.ids
     assert settle(hub, connection, "msg_2") == "gone"
     hub.stop()
+
+
+def test_a_websocket_closing_gives_back_what_is_dispatched_to_it_uncounted_and_quietly() -> None:
+    """After the peer's close frame, until onClose: nothing can be sent, nothing was delivered."""
+    from cwm.connect.ws import ChannelSocketFactory
+
+    hub, buffer, clock = hub_with_channel()
+    channel = hub.channel("ch")
+    assert channel is not None
+    connection = _sync.successResultOf(Deferred.fromCoroutine(hub.connect(channel, "websocket", "c", "r", "t", 2)))
+    assert connection is not None
+    socket = ChannelSocketFactory(hub, connection, clock, 30.0).buildProtocol(None)
+    socket.state = socket.STATE_CLOSING
+    hub.attach(connection, socket._send_batch, lambda reason: None)
+    buffer.answer(message(1), message(2))
+    assert buffer.given_back() == [("1-0", "connection closing", False, False), ("2-0", "connection closing", False, False)]
+    assert connection.in_flight == {}
+    hub.stop()
