@@ -847,8 +847,10 @@ class ConnectHub:
             NotInFlight: the channel holds no such message (already settled).
             ConnectUnavailable: Redis did not answer; the call may be repeated.
         """
+        stream_id: str | None
         if ack:
-            if not await self._call(self._buffer.ack_message(channel.name, message_id)):
+            stream_id = await self._call(self._buffer.ack_message_at(channel.name, message_id))
+            if stream_id is None:
                 raise NotInFlight(message_id)
             outcome = "acked"
         else:
@@ -865,7 +867,10 @@ class ConnectHub:
                 raise NotInFlight(message_id)  # waiting, not in flight: nothing to nack
             outcome = result.state
         for connection in list(channel.connections.values()):
-            if connection.in_flight.get(message_id) is not None:
+            item = connection.in_flight.get(message_id)
+            # Only the copy just settled: one requeued under a new stream id (and perhaps
+            # dispatched again meanwhile) is another delivery, still in flight.
+            if item is not None and item.message.stream_id == stream_id:
                 self._settled_elsewhere(connection, message_id, ack)
         return outcome
 

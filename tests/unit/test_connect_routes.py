@@ -38,8 +38,11 @@ class RouteBuffer(RecordingBuffer):
         return []
 
     async def ack_message(self, channel: str, message_id: str) -> bool:
+        return await self.ack_message_at(channel, message_id) is not None
+
+    async def ack_message_at(self, channel: str, message_id: str) -> str | None:
         self.calls.append(("ack_message", message_id))
-        return self.in_redis.pop(message_id, None) is not None
+        return self.in_redis.pop(message_id, None)
 
     async def stream_id_of(self, channel: str, message_id: str) -> str | None:
         return self.in_redis.get(message_id)
@@ -194,3 +197,31 @@ def test_a_rotation_on_another_instance_is_honoured_for_acks_here_within_a_sweep
     assert post_ack(here, clock, "sse_elsewhere_1", "?message_id=msg_9", token="t")[0] == 401
     for hub in (here, there):
         hub.stop()
+
+
+def test_a_nack_by_id_frees_only_the_slot_of_the_copy_it_settled() -> None:
+    """The nack requeues msg_1 under a new stream id, and that copy is read and dispatched here
+    before the nack's answer is handled: the copy stays in flight."""
+    from cwm.connect.buffer import Buffered, Outcome
+
+    class Requeues(RouteBuffer):
+        async def give_back(self, channel: str, stream_id: str, max_deliveries: int, reason: str, now: float,
+                            dead: bool = False, counted: bool = True) -> Outcome:
+            self.calls.append(("give_back", stream_id, reason, dead, counted))
+            if stream_id == "1-0":
+                self.answer(Buffered("10-0", "msg_1", "hook", 1, 1, 1e12, {}))  # the copy, read at once
+            return Outcome("requeued", 1, "10-0")
+
+    clock = Clock()
+    clock.advance(1000)
+    buffer = Requeues()
+    hub = ConnectHub(buffer, buffer, clock, "me")  # type: ignore[arg-type]
+    hub.start()
+    hub.register(OWNER, ChannelConfig(name="ch", token="t"))
+    connection, received = open_connection(hub, "sse", window=2)
+    buffer.in_redis["msg_1"] = "1-0"  # sent by another instance, in flight there
+    assert post_ack(hub, clock, "sse_elsewhere_1", "?message_id=msg_1&status=nack") == (
+        200, {"status": "ok", "message_id": "msg_1", "outcome": "requeued"})
+    assert received == [1] and connection.in_flight["msg_1"].message.stream_id == "10-0"
+    assert connection.nacked == 0
+    hub.stop()
