@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from twisted.internet.defer import CancelledError, Deferred, DeferredList, TimeoutError
+from twisted.internet.defer import CancelledError, Deferred, DeferredList, FirstError, TimeoutError, gatherResults
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -1073,15 +1073,39 @@ class ConnectHub:
         """The wake-up: a blocking read over every wanted channel; CLIENT UNBLOCK ends it early."""
         self._reading = frozenset(wanted)
         client_id, found = self._reader.read_blocking(wanted, READ_BLOCK_MS)
-        found.addTimeout(READ_BLOCK_MS / 1000 + CALL_TIMEOUT, self._clock)
         self._read = found
+
+        def known(value: str) -> str:
+            self._reader_client_id = value
+            return value
+
+        client_id.addCallback(known)
+        # Both replies under one deadline; a failure of either is consumed here (never an
+        # "Unhandled error in Deferred"), and a timeout cancels both.
+        both: Deferred[list[Any]] = gatherResults([client_id, found], consumeErrors=True)
+        expired: list[bool] = []
+
+        def expire() -> None:
+            expired.append(True)
+            both.cancel()  # cancels each of the two
+
+        deadline = self._clock.callLater(READ_BLOCK_MS / 1000 + CALL_TIMEOUT, expire)
         try:
-            self._reader_client_id = await client_id
-            messages: list[tuple[str, Buffered]] = await found
+            _, messages = await both
             return messages
-        except (TimeoutError, txredisapi.ConnectionError) as e:
-            raise ConnectUnavailable(_reason(e)) from None
+        except FirstError as e:
+            error = e.subFailure.value
+            if expired:
+                raise ConnectUnavailable("Redis did not answer the blocking read in time") from None
+            if isinstance(error, (TimeoutError, txredisapi.ConnectionError)):
+                raise ConnectUnavailable(_reason(error)) from None
+            if isinstance(error, txredisapi.ResponseError) and str(error).split(" ", 1)[0] in _TRANSIENT:
+                raise ConnectUnavailable(str(error)) from None  # e.g. LOADING, BUSY: retried
+            e.subFailure.raiseException()
+            raise  # not reached
         finally:
+            if deadline.active():
+                deadline.cancel()
             self._read = None
             self._reading = frozenset()
             if self._unblocking is not None and self._unblocking.active():

@@ -565,3 +565,65 @@ def test_a_websocket_closing_gives_back_what_is_dispatched_to_it_uncounted_and_q
     assert buffer.given_back() == [("1-0", "connection closing", False, False), ("2-0", "connection closing", False, False)]
     assert connection.in_flight == {}
     hub.stop()
+
+
+class BlockingReplies(RecordingBuffer):
+    """The blocking read's two replies (client id, found) are the test's to answer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.client_ids: list[Deferred[str]] = []
+
+    def read_blocking(self, channels: dict[str, int], block_ms: int) -> tuple[Deferred[str], Deferred[Any]]:
+        _, found = super().read_blocking(channels, block_ms)
+        client_id: Deferred[str] = Deferred()
+        self.client_ids.append(client_id)
+        return client_id, found
+
+
+def blocking_hub() -> tuple[ConnectHub, BlockingReplies, Clock]:
+    clock = Clock()
+    clock.advance(1000)
+    buffer = BlockingReplies()
+    hub = ConnectHub(buffer, buffer, clock, "me")  # type: ignore[arg-type]
+    hub.start()
+    hub.register(OWNER, ChannelConfig(name="ch", token="t"))
+    open_connection(hub, window=1)
+    buffer.answer()  # nothing waits: the blocking read follows
+    assert buffer.blocking[-1] is True
+    return hub, buffer, clock
+
+
+def test_a_blocking_read_whose_client_id_never_comes_times_out() -> None:
+    hub, buffer, clock = blocking_hub()
+    buffer.reads[-1][1].callback([])  # the read answers; CLIENT ID never does
+    clock.advance(10)  # READ_BLOCK_MS + CALL_TIMEOUT
+    assert hub.status()["read_loop"] == "restarting" and "blocking read" in hub.status()["read_loop_error"]
+    hub.stop()
+
+
+def test_both_blocking_replies_failing_leave_no_unhandled_error(logged_failures: list[dict[str, Any]]) -> None:
+    import gc
+
+    import txredisapi
+
+    hub, buffer, clock = blocking_hub()
+    buffer.client_ids[-1].errback(txredisapi.ConnectionError("Not connected"))
+    buffer.reads[-1][1].errback(txredisapi.ConnectionError("Not connected"))
+    assert hub.status()["read_loop_error"] == "Not connected"
+    hub.stop()
+    clock.advance(10)
+    buffer.reads.clear()  # the test's own references: the replies can be collected now
+    buffer.client_ids.clear()
+    gc.collect()
+    assert logged_failures == []
+
+
+def test_a_transient_redis_error_on_the_blocking_read_is_retried_without_a_traceback() -> None:
+    import txredisapi
+
+    hub, buffer, clock = blocking_hub()
+    buffer.client_ids[-1].callback("7")
+    buffer.reads[-1][1].errback(txredisapi.ResponseError("LOADING Redis is loading the dataset in memory"))
+    assert hub.status()["read_loop"] == "restarting" and hub.status()["read_loop_error"].startswith("LOADING")
+    hub.stop()
