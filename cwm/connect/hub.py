@@ -636,7 +636,9 @@ class ConnectHub:
         def joined_or_not(result: bool | Failure) -> None:
             if not answer.called:
                 answer.callback(result)  # a Failure goes down the errback chain
-            elif result is True:  # nobody waits for it any more: take it back, after it landed
+            elif result is True or (isinstance(result, Failure) and result.check(ConnectUnavailable)):
+                # Nobody waits for it any more: take it back, after it landed (or, when Redis
+                # did not answer in time, in case it landed all the same).
                 self._spawn(self._leave(channel.name, connection.id))
 
         joining.addBoth(joined_or_not)

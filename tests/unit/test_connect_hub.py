@@ -627,3 +627,31 @@ def test_a_transient_redis_error_on_the_blocking_read_is_retried_without_a_trace
     buffer.reads[-1][1].errback(txredisapi.ResponseError("LOADING Redis is loading the dataset in memory"))
     assert hub.status()["read_loop"] == "restarting" and hub.status()["read_loop_error"].startswith("LOADING")
     hub.stop()
+
+
+def test_a_cancelled_join_that_then_times_out_is_taken_back_too() -> None:
+    from cwm.connect.hub import ConnectUnavailable
+
+    clock = Clock()
+    joins: list[Deferred[bool]] = []
+
+    class SlowJoin(RecordingBuffer):
+        async def join(self, channel: str, cid: str, record: dict[str, Any], limit: int, now: float) -> bool:
+            self.calls.append(("join", cid))
+            d: Deferred[bool] = Deferred()
+            joins.append(d)
+            return await d
+
+    buffer = SlowJoin()
+    hub = ConnectHub(buffer, buffer, clock, "me")  # type: ignore[arg-type]
+    hub.start()
+    hub.register(OWNER, ChannelConfig(name="ch", token="t"))
+    channel = hub.channel("ch")
+    assert channel is not None
+    connecting = Deferred.fromCoroutine(hub.connect(channel, "sse", "c", "r", "t", 1))
+    connecting.cancel()
+    _sync.failureResultOf(connecting, CancelledError)
+    [(_, cid)] = [c for c in buffer.calls if c[0] == "join"]
+    joins[0].errback(ConnectUnavailable("Redis did not answer within 5 s"))  # it may have landed all the same
+    assert ("leave", cid) in buffer.calls
+    hub.stop()
