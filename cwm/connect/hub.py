@@ -44,7 +44,15 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from twisted.internet.defer import CancelledError, Deferred, DeferredList, FirstError, TimeoutError, gatherResults
+from twisted.internet.defer import (
+    CancelledError,
+    Deferred,
+    DeferredList,
+    FirstError,
+    TimeoutError,
+    gatherResults,
+    maybeDeferred,
+)
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -77,6 +85,8 @@ SWEEP_SECONDS = 5.0
 TOKENS_FRESH_SECONDS = 3 * SWEEP_SECONDS
 """How long the rotated tokens last read (by the sweep, every ``SWEEP_SECONDS``) are trusted
 for ``authorize_known``: a rotation on another instance is honoured here within about a sweep."""
+LOOP_MAX_DELAY = 60.0
+"""The longest a failing background loop (tick, sweep) waits before it is started again."""
 STOP_TIMEOUT = 2 * CALL_TIMEOUT
 """Seconds ``stop`` waits for the read loop and a sweep under way to end."""
 REPLAY_PAGE = 500
@@ -317,15 +327,21 @@ class ConnectHub:
         self._reader_client_id: str | None = None
         self._idle: Deferred[None] | None = None
         self._unblocking: IDelayedCall | None = None
-        self._tick = LoopingCall(self._on_tick)
+        self._tick = LoopingCall(self._loop_step, "tick", lambda: self._on_tick())
         self._tick.clock = clock
-        self._sweep = LoopingCall(self._sweep_once)
+        self._sweep = LoopingCall(self._loop_step, "sweep", lambda: self._sweep_once())
         self._sweep.clock = clock
         self._read_loop: Deferred[None] | None = None
         self._read_state = "stopped"
         self._read_error = "not started"
         self._read_restart: IDelayedCall | None = None
         self._loop_restarts: dict[str, IDelayedCall] = {}
+        # Per background loop: the restart delays after failures, and whether it is failing now.
+        self._loop_backoffs = {
+            "tick": Backoff(initial=TICK_SECONDS, maximum=LOOP_MAX_DELAY, healthy_reset=LOOP_MAX_DELAY),
+            "sweep": Backoff(initial=SWEEP_SECONDS, maximum=LOOP_MAX_DELAY, healthy_reset=LOOP_MAX_DELAY),
+        }
+        self._loops_failing: set[str] = set()
         self._reconciling = False
         self._backoff = Backoff(initial=0.5, maximum=5.0, healthy_reset=10.0)
         self._pending: set[Deferred[Any]] = set()
@@ -343,18 +359,34 @@ class ConnectHub:
         self._start_loop("sweep", self._sweep, SWEEP_SECONDS, now=True)
         self._start_read_loop()
 
+    def _loop_step(self, name: str, body: Callable[[], Any]) -> Deferred[Any]:
+        """One run of a background loop's body; a success ends a failure streak."""
+
+        def worked(result: Any) -> Any:
+            self._loop_backoffs[name].healthy(self._clock.seconds())
+            if name in self._loops_failing:
+                self._loops_failing.discard(name)
+                self._log.info("Webhook Connect {loop} works again", loop=name)
+            return result
+
+        return maybeDeferred(body).addCallback(worked)
+
     def _start_loop(self, name: str, loop: LoopingCall, interval: float, now: bool) -> None:
-        """Run a background LoopingCall; should its body ever fail, log it and start it again."""
+        """Run a background LoopingCall; should its body fail, start it again after a backoff
+        (at least ``interval``, growing to ``LOOP_MAX_DELAY``), logged once per failure streak."""
         self._loop_restarts.pop(name, None)
         if not self._running or loop.running:
             return
 
         def failed(failure: Failure) -> None:
-            self._log.failure("Webhook Connect {loop} failed; started again in {delay:g} s", failure,
-                              loop=name, delay=interval)
+            delay = max(interval, self._loop_backoffs[name].failed(self._clock.seconds()))
+            if name not in self._loops_failing:
+                self._loops_failing.add(name)
+                self._log.failure("Webhook Connect {loop} failed; started again in {delay:g} s"
+                                  " (failing again is not logged until it works)", failure, loop=name, delay=delay)
             if self._running:
                 self._loop_restarts[name] = self._clock.callLater(
-                    interval, self._start_loop, name, loop, interval, True
+                    delay, self._start_loop, name, loop, interval, True
                 )
 
         loop.start(interval, now=now).addErrback(failed)

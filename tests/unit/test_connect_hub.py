@@ -371,20 +371,36 @@ def test_redis_away_shows_as_restarting_until_a_read_succeeds() -> None:
     hub.stop()
 
 
-def test_a_failing_sweep_is_started_again(logged_failures: list[dict[str, Any]]) -> None:
+def test_a_failing_sweep_is_started_again_with_backoff_and_logged_once_per_streak(
+    logged_failures: list[dict[str, Any]],
+) -> None:
     hub, buffer, clock = hub_with_channel()
-    calls: list[int] = []
+    hub._loop_backoffs["sweep"]._random = lambda: 1.0  # the ceiling of each jittered delay
+    calls: list[float] = []
+    broken = [True]
+    sweep = hub._sweep_redis
 
-    async def broken() -> None:
-        calls.append(1)
-        raise RuntimeError("bug")
+    async def failing() -> None:
+        calls.append(clock.seconds())
+        if broken[0]:
+            raise RuntimeError("bug")
+        await sweep()
 
-    hub._sweep.f = lambda: Deferred.fromCoroutine(broken())  # type: ignore[method-assign]
+    hub._sweep_redis = failing  # type: ignore[method-assign]
     clock.advance(5)  # the sweep fails and its LoopingCall stops...
     assert len(calls) == 1 and len(logged_failures) == 1
     logged_failures.clear()
-    clock.advance(5)  # ...and is started again
-    assert len(calls) == 2 and len(logged_failures) == 1
+    for _ in range(60):
+        clock.advance(5)
+    # ...and is started again after 5, 10, 20, 40, then 60 s (not every 5 s), each failure unlogged.
+    delays = [round(b - a) for a, b in zip(calls, calls[1:])]
+    assert delays[:5] == [5, 10, 20, 40, 60] and set(delays[5:]) == {60}
+    assert logged_failures == []
+    broken[0] = False
+    clock.advance(60)  # it works again...
+    broken[0] = True
+    clock.advance(5)  # ...so the next failure starts a new streak: logged
+    assert len(logged_failures) == 1
     logged_failures.clear()
     hub.stop()
     assert clock.getDelayedCalls() == []
