@@ -441,7 +441,12 @@ class ConnectHub:
         if self._idle is not None:
             self._idle.cancel()
         if self._read is not None:
-            self._read.cancel()
+            if self._reader_client_id is not None:
+                # Woken rather than cancelled: what it was handed comes back and is given
+                # back uncounted (a cancelled reply would leave it in flight until reclaimed).
+                self._spawn(self._unblock_once(self._reader_client_id))
+            else:
+                self._read.cancel()
         if self._unblocking is not None and self._unblocking.active():
             self._unblocking.cancel()
         # The read loop (a read under way gives back what it brings) and a sweep in

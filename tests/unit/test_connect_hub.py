@@ -671,3 +671,15 @@ def test_a_cancelled_join_that_then_times_out_is_taken_back_too() -> None:
     joins[0].errback(ConnectUnavailable("Redis did not answer within 5 s"))  # it may have landed all the same
     assert ("leave", cid) in buffer.calls
     hub.stop()
+
+
+def test_stop_wakes_the_blocking_read_and_gives_back_what_it_was_handed() -> None:
+    hub, buffer, clock = hub_with_channel()
+    open_connection(hub, window=1)
+    buffer.answer()  # nothing waits: the blocking read follows
+    assert buffer.blocking[-1] is True
+    stopped = hub.stop()
+    assert ("unblock", "7") in buffer.calls and not stopped.called
+    buffer.answer(message(4))  # Redis handed it a message just before the wake-up
+    assert buffer.given_back()[-1] == ("4-0", "server shutting down", False, False)
+    _sync.successResultOf(stopped)
