@@ -55,9 +55,11 @@ def max_wire_size(body_bytes: int) -> int:
 
     The body is carried twice: as ``payload`` (its text, or its parsed JSON),
     where JSON's escapes turn one byte into at most six characters
-    (a control character as ``\u0001``), and as ``body_base64``.
+    (a control character as a six-character escape), and as ``body_base64``.
     """
     return 6 * body_bytes + 4 * ((body_bytes + 2) // 3) + WIRE_ALLOWANCE
+
+
 DEAD_LETTER_MAX = 10_000
 """Dead letters a channel keeps by default; older ones are dropped (and counted)."""
 
