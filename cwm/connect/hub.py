@@ -346,7 +346,7 @@ class ConnectHub:
         self._backoff = Backoff(initial=0.5, maximum=5.0, healthy_reset=10.0)
         self._pending: set[Deferred[Any]] = set()
         self._lost_reads = False  # a read failed: Redis may hold messages for us whose reply was lost
-        self._settling: set[str] = set()  # stream ids whose ack or nack is under way here
+        self._settling: set[str] = set()  # stream ids whose ack, nack or give-back is under way here
         self._sweeping: Deferred[None] | None = None
         self.buffer_ok = True
         self.last_error = ""
@@ -569,6 +569,10 @@ class ConnectHub:
         """After a read whose reply was lost (a timeout, a failure of one of its commands):
         what Redis handed this consumer that no connection here holds goes back, uncounted
         (it was never sent). False when Redis could not be asked (tried again later)."""
+        if self._sweeping is not None:
+            # Its reclaim moves other instances' abandoned messages to this consumer and gives
+            # them back counted: let it finish, so those are not taken for lost reads.
+            await _follow(self._sweeping)
         for channel in list(self._channels.values()):
             if not channel.ready:
                 continue  # its give-back at start-up (``_ensure``) comes first
@@ -974,6 +978,7 @@ class ConnectHub:
         return channel.config.max_deliveries if channel is not None else UNCONFIGURED_MAX_DELIVERIES
 
     async def _give_back(self, channel_name: str, message: Buffered, reason: str, counted: bool = True) -> None:
+        self._settling.add(message.stream_id)  # not for the lost-read give-back (_give_back_held)
         try:
             await self._call(
                 self._buffer.give_back(
@@ -992,6 +997,8 @@ class ConnectHub:
                 message_id=message.message_id,
                 reason=reason,
             )
+        finally:
+            self._settling.discard(message.stream_id)
 
     def _on_tick(self) -> None:
         try:

@@ -683,3 +683,40 @@ def test_stop_wakes_the_blocking_read_and_gives_back_what_it_was_handed() -> Non
     buffer.answer(message(4))  # Redis handed it a message just before the wake-up
     assert buffer.given_back()[-1] == ("4-0", "server shutting down", False, False)
     _sync.successResultOf(stopped)
+
+
+def test_the_lost_read_give_back_leaves_alone_what_is_being_given_back_already() -> None:
+    from cwm.connect.buffer import Outcome
+    from cwm.connect.hub import ConnectUnavailable
+
+    class SlowGiveBack(HeldReads):
+        def __init__(self) -> None:
+            super().__init__()
+            self.slow: list[Deferred[Outcome]] = []
+
+        async def give_back(self, channel: str, stream_id: str, max_deliveries: int, reason: str, now: float,
+                            dead: bool = False, counted: bool = True) -> Outcome:
+            self.calls.append(("give_back", stream_id, reason, dead, counted))
+            if reason == "connection closed":
+                d: Deferred[Outcome] = Deferred()
+                self.slow.append(d)
+                return await d
+            return Outcome("requeued", 1, "new")
+
+    clock = Clock()
+    clock.advance(1000)
+    buffer = SlowGiveBack()
+    hub = ConnectHub(buffer, buffer, clock, "me")  # type: ignore[arg-type]
+    hub.start()
+    hub.register(OWNER, ChannelConfig(name="ch", token="t"))
+    buffer.startup_done = True
+    first, _ = open_connection(hub, window=1)
+    buffer.answer(message(1))
+    second, _ = open_connection(hub, window=1)
+    hub.disconnect(first, hold=0)  # its give-back of 1-0 waits for Redis...
+    buffer.held = ["1-0"]
+    buffer.reads[-1][1].errback(ConnectUnavailable("Redis did not answer within 5 s"))  # ...when a read fails
+    clock.advance(1)
+    assert buffer.given_back() == [("1-0", "connection closed", False, True)]  # once, counted
+    buffer.slow[0].callback(Outcome("requeued", 1, "new"))
+    hub.stop()
