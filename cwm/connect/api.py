@@ -339,13 +339,19 @@ class ConnectStreams:
 
     async def _settle_elsewhere(self, hub: ConnectHub, token: str, message_id: str, ack: bool, retry: bool,
                                 reason: str) -> str:
-        """An ack for a connection this instance does not hold: by message id, on the channels the token opens."""
+        """An ack for a connection this instance does not hold: by message id, on the channels the token opens.
+
+        The token is checked against what each channel's tokens were at the last sweep
+        (no Redis call: a made-up token costs nothing per channel); only a channel whose
+        tokens are not known yet is asked in Redis.
+        """
         channels = hub.channels()
         # The channels whose configured token it is first (the usual case: one), then rotated ones.
         channels.sort(key=lambda c: not hmac.compare_digest(token.encode(), c.config.token.encode()))
         opened = False
         for channel in channels:
-            if not await hub.authorize(channel, token):
+            known = hub.authorize_known(channel, token)
+            if not (known if known is not None else await hub.authorize(channel, token)):
                 continue
             opened = True
             try:

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from twisted.internet.defer import Deferred, FirstError, gatherResults
+from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
 from twisted.logger import Logger
 
@@ -87,14 +87,14 @@ return 1
 # one given back meanwhile (waiting again), is done with; counted delivered.
 _ACK_MESSAGE = _ENTRY + """
 local id = redis.call('HGET', KEYS[4], ARGV[2])
-if not id then return 0 end
+if not id then return '' end
 local m = entry(KEYS[1], id)
 redis.call('HDEL', KEYS[4], ARGV[2])
-if not m then return 0 end
+if not m then return '' end
 redis.call('XACK', KEYS[1], ARGV[1], id)
 redis.call('XDEL', KEYS[1], id)
 settled(KEYS[2], 'delivered', m['wid'])
-return 1
+return id
 """
 
 # Of the stream ids ARGV[2..], those no longer in flight (settled by another instance).
@@ -487,11 +487,13 @@ class StreamBuffer:
         for n, names in sorted(by_count.items()):
             args, by_key = self._read_command(names, n, None)
             reads.append(self._redis.execute_command(*args).addCallback(self._found, by_key))
-        try:
-            replies = await gatherResults(reads, consumeErrors=True)
-        except FirstError as e:
-            e.subFailure.raiseException()
-        return [item for reply in replies for item in reply]
+        # Every reply is waited for, even once one failed: what the others handed this
+        # consumer is then in Redis's pending list before the caller looks there.
+        results: list[tuple[bool, Any]] = await DeferredList(reads, consumeErrors=True)
+        for ok, result in results:
+            if not ok:
+                result.raiseException()
+        return [item for _, reply in results for item in reply]
 
     def read_blocking(
         self, channels: dict[str, int], block_ms: int
@@ -533,9 +535,13 @@ class StreamBuffer:
 
     async def ack_message(self, channel: str, message_id: str) -> bool:
         """Ack by message id, whichever instance read it; False when the channel does not hold it."""
+        return await self.ack_message_at(channel, message_id) is not None
+
+    async def ack_message_at(self, channel: str, message_id: str) -> str | None:
+        """``ack_message``, returning the stream id the message was settled at (None: not held)."""
         k = self.keys(channel)
         done = await self._redis.eval(_ACK_MESSAGE, [k.stream, k.counts, k.by_webhook, k.ids], [GROUP, message_id])
-        return int(done) == 1
+        return str(done) or None
 
     async def stream_id_of(self, channel: str, message_id: str) -> str | None:
         """Where the message is in the channel's stream now (None: not queued nor in flight)."""

@@ -43,6 +43,23 @@ _KEYS = frozenset(
     }
 )
 MAX_MESSAGE_SIZE = 10 * 1024 * 1024
+MAX_MESSAGE_SIZE_LIMIT = 64 * 1024 * 1024
+"""The largest ``max_message_size`` a channel may set."""
+WIRE_ALLOWANCE = 1024 * 1024
+"""Room in a wire message for what is not the body: headers, ids, times (the receiver's
+request headers are bounded far below this)."""
+
+
+def max_wire_size(body_bytes: int) -> int:
+    """The largest wire message (as JSON) a body of ``body_bytes`` can make.
+
+    The body is carried twice: as ``payload`` (its text, or its parsed JSON),
+    where JSON's escapes turn one byte into at most six characters
+    (a control character as a six-character escape), and as ``body_base64``.
+    """
+    return 6 * body_bytes + 4 * ((body_bytes + 2) // 3) + WIRE_ALLOWANCE
+
+
 DEAD_LETTER_MAX = 10_000
 """Dead letters a channel keeps by default; older ones are dropped (and counted)."""
 
@@ -100,7 +117,7 @@ def parse_channel_config(config: Mapping[str, Any]) -> ChannelConfig:
         max_in_flight=_whole(config, "max_in_flight", 100, 1, 10_000),
         ack_timeout_seconds=float(ack_timeout),
         max_deliveries=_whole(config, "max_deliveries", 5, 1, 1000),
-        max_message_size=_whole(config, "max_message_size", MAX_MESSAGE_SIZE, 1024, 64 * 1024 * 1024),
+        max_message_size=_whole(config, "max_message_size", MAX_MESSAGE_SIZE, 1024, MAX_MESSAGE_SIZE_LIMIT),
         forward_credentials=forward,
         heartbeat_interval_seconds=_whole(config, "heartbeat_interval_seconds", 30, 1, 3600),
         dead_letter_max=_whole(config, "dead_letter_max", DEAD_LETTER_MAX, 1, 1_000_000),

@@ -44,7 +44,15 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from twisted.internet.defer import CancelledError, Deferred, DeferredList, TimeoutError
+from twisted.internet.defer import (
+    CancelledError,
+    Deferred,
+    DeferredList,
+    FirstError,
+    TimeoutError,
+    gatherResults,
+    maybeDeferred,
+)
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -74,6 +82,13 @@ CONSUMER_FORGOTTEN_MS = 24 * 3600 * 1000
 UNCONFIGURED_MAX_DELIVERIES = 1_000_000
 TICK_SECONDS = 1.0
 SWEEP_SECONDS = 5.0
+TOKENS_FRESH_SECONDS = 3 * SWEEP_SECONDS
+"""How long the rotated tokens last read (by the sweep, every ``SWEEP_SECONDS``) are trusted
+for ``authorize_known``: a rotation on another instance is honoured here within about a sweep."""
+LOOP_MAX_DELAY = 60.0
+"""The longest a failing background loop (tick, sweep) waits before it is started again."""
+STOP_TIMEOUT = 2 * CALL_TIMEOUT
+"""Seconds ``stop`` waits for the read loop and a sweep under way to end."""
 REPLAY_PAGE = 500
 """Dead letters a replay scans (and moves) per Redis call, each call with its own timeout."""
 
@@ -98,6 +113,10 @@ class ConnectUnavailable(ModuleUnavailable):
         self.cause = cause
 
 
+class SinkClosed(Exception):
+    """A sink's transport is closing (its close is under way): nothing was sent."""
+
+
 class NotInFlight(Exception):
     """The connection holds no such message (already settled, timed out, or never sent)."""
 
@@ -106,6 +125,19 @@ def _reason(error: BaseException) -> str:
     """A short reason for status pages: the error's text (Redis errors carry no secret), bounded."""
     text = error.cause if isinstance(error, ConnectUnavailable) else str(error) or type(error).__name__
     return text if len(text) <= 200 else text[:197] + "..."
+
+
+def _follow(d: Deferred[Any]) -> Deferred[None]:
+    """A Deferred that fires (with None) when ``d`` does, leaving ``d``'s own result alone."""
+    follower: Deferred[None] = Deferred()
+
+    def fired(result: Any) -> Any:
+        if not follower.called:
+            follower.callback(None)
+        return result
+
+    d.addBoth(fired)
+    return follower
 
 
 def iso(seconds: float) -> str:
@@ -230,6 +262,8 @@ class Channel:
     recovered: bool = False  # what this consumer held before a restart was given back
     recovering: bool = False  # that give-back is under way
     expire_cursor: str = ""
+    tokens: TokenState | None = None  # the rotated tokens as last read from Redis...
+    tokens_read_at: float | None = None  # ...then (None: not read yet)
     last: tuple[Owner, ChannelConfig] | None = None  # the latest registration, kept after release
 
     @property
@@ -293,18 +327,27 @@ class ConnectHub:
         self._reader_client_id: str | None = None
         self._idle: Deferred[None] | None = None
         self._unblocking: IDelayedCall | None = None
-        self._tick = LoopingCall(self._on_tick)
+        self._tick = LoopingCall(self._loop_step, "tick", lambda: self._on_tick())
         self._tick.clock = clock
-        self._sweep = LoopingCall(lambda: Deferred.fromCoroutine(self._sweep_redis()))
+        self._sweep = LoopingCall(self._loop_step, "sweep", lambda: self._sweep_once())
         self._sweep.clock = clock
         self._read_loop: Deferred[None] | None = None
         self._read_state = "stopped"
         self._read_error = "not started"
         self._read_restart: IDelayedCall | None = None
         self._loop_restarts: dict[str, IDelayedCall] = {}
+        # Per background loop: the restart delays after failures, and whether it is failing now.
+        self._loop_backoffs = {
+            "tick": Backoff(initial=TICK_SECONDS, maximum=LOOP_MAX_DELAY, healthy_reset=LOOP_MAX_DELAY),
+            "sweep": Backoff(initial=SWEEP_SECONDS, maximum=LOOP_MAX_DELAY, healthy_reset=LOOP_MAX_DELAY),
+        }
+        self._loops_failing: set[str] = set()
         self._reconciling = False
         self._backoff = Backoff(initial=0.5, maximum=5.0, healthy_reset=10.0)
         self._pending: set[Deferred[Any]] = set()
+        self._lost_reads = False  # a read failed: Redis may hold messages for us whose reply was lost
+        self._settling: set[str] = set()  # stream ids whose ack, nack or give-back is under way here
+        self._sweeping: Deferred[None] | None = None
         self.buffer_ok = True
         self.last_error = ""
 
@@ -316,21 +359,47 @@ class ConnectHub:
         self._start_loop("sweep", self._sweep, SWEEP_SECONDS, now=True)
         self._start_read_loop()
 
+    def _loop_step(self, name: str, body: Callable[[], Any]) -> Deferred[Any]:
+        """One run of a background loop's body; a success ends a failure streak."""
+
+        def worked(result: Any) -> Any:
+            self._loop_backoffs[name].healthy(self._clock.seconds())
+            if name in self._loops_failing:
+                self._loops_failing.discard(name)
+                self._log.info("Webhook Connect {loop} works again", loop=name)
+            return result
+
+        return maybeDeferred(body).addCallback(worked)
+
     def _start_loop(self, name: str, loop: LoopingCall, interval: float, now: bool) -> None:
-        """Run a background LoopingCall; should its body ever fail, log it and start it again."""
+        """Run a background LoopingCall; should its body fail, start it again after a backoff
+        (at least ``interval``, growing to ``LOOP_MAX_DELAY``), logged once per failure streak."""
         self._loop_restarts.pop(name, None)
         if not self._running or loop.running:
             return
 
         def failed(failure: Failure) -> None:
-            self._log.failure("Webhook Connect {loop} failed; started again in {delay:g} s", failure,
-                              loop=name, delay=interval)
+            delay = max(interval, self._loop_backoffs[name].failed(self._clock.seconds()))
+            if name not in self._loops_failing:
+                self._loops_failing.add(name)
+                self._log.failure("Webhook Connect {loop} failed; started again in {delay:g} s"
+                                  " (failing again is not logged until it works)", failure, loop=name, delay=delay)
             if self._running:
                 self._loop_restarts[name] = self._clock.callLater(
-                    interval, self._start_loop, name, loop, interval, True
+                    delay, self._start_loop, name, loop, interval, True
                 )
 
         loop.start(interval, now=now).addErrback(failed)
+
+    def _sweep_once(self) -> Deferred[None]:
+        sweeping = self._sweeping = Deferred.fromCoroutine(self._sweep_redis())
+
+        def done(result: Any) -> Any:
+            if self._sweeping is sweeping:
+                self._sweeping = None
+            return result
+
+        return sweeping.addBoth(done)
 
     def _start_read_loop(self) -> None:
         self._read_restart = None
@@ -345,6 +414,7 @@ class ConnectHub:
         """The read loop died (a bug, not Redis: those it retries itself): start it again, with backoff."""
         if not self._running or failure.check(CancelledError):
             return
+        self._lost_reads = True
         delay = self._backoff.failed(self._clock.seconds())
         self._log.failure("Webhook Connect read loop failed; restarting in {delay:g} s", failure, delay=delay)
         self._read_state = "restarting"
@@ -371,12 +441,25 @@ class ConnectHub:
         if self._idle is not None:
             self._idle.cancel()
         if self._read is not None:
-            self._read.cancel()
+            if self._reader_client_id is not None:
+                # Woken rather than cancelled: what it was handed comes back and is given
+                # back uncounted (a cancelled reply would leave it in flight until reclaimed).
+                self._spawn(self._unblock_once(self._reader_client_id))
+            else:
+                self._read.cancel()
         if self._unblocking is not None and self._unblocking.active():
             self._unblocking.cancel()
-        waits = list(self._pending)
-        done: Deferred[Any] = DeferredList(waits, consumeErrors=True)
-        return done.addCallback(lambda _: None)
+        # The read loop (a read under way gives back what it brings) and a sweep in
+        # progress end first, then what they and the closing connections spawned.
+        loops = [d for d in (self._read_loop, self._sweeping) if d is not None and not d.called]
+        ended: Deferred[Any] = DeferredList([_follow(d) for d in loops], consumeErrors=True)
+        ended.addTimeout(STOP_TIMEOUT, self._clock)
+        ended.addErrback(lambda _: None)  # bounded: what is still under way is reclaimed later
+
+        def then_pending(_: Any) -> Deferred[Any]:
+            return DeferredList(list(self._pending), consumeErrors=True)
+
+        return ended.addCallback(then_pending).addCallback(lambda _: None)
 
     # -- channels ------------------------------------------------------------
 
@@ -450,13 +533,7 @@ class ConnectHub:
                     # This consumer name is stable across restarts: whatever it
                     # holds now (the channel is not read before this is done),
                     # this process never sent.
-                    for stream_id in await self._call(self._buffer.held_by_me(channel.name)):
-                        await self._call(
-                            self._buffer.give_back(
-                                channel.name, stream_id, channel.config.max_deliveries, "instance restarted",
-                                self._clock.seconds(),
-                            )
-                        )
+                    await self._give_back_held(channel, "instance restarted", counted=True, source=self._buffer)
                 finally:
                     channel.recovering = False
                 channel.recovered = True
@@ -464,6 +541,56 @@ class ConnectHub:
             return  # the sweep tries again
         channel.ready = True
         self._capacity_changed(channel)
+
+    async def _give_back_held(self, channel: Channel, reason: str, counted: bool, source: StreamBuffer) -> int:
+        """Give back what this consumer holds in Redis on ``channel`` and no connection here
+        has in flight (nor is settling); how many. Raises ConnectUnavailable.
+
+        ``source`` is the connection that asks Redis what is held: after a lost read,
+        the reader's own, so the answer comes after every read it had sent."""
+        held = await self._call(source.held_by_me(channel.name))
+        mine = {
+            item.message.stream_id for c in channel.connections.values() for item in c.in_flight.values()
+        } | self._settling
+        given = 0
+        for stream_id in held:
+            if stream_id in mine:
+                continue
+            await self._call(
+                self._buffer.give_back(
+                    channel.name, stream_id, channel.config.max_deliveries, reason, self._clock.seconds(),
+                    counted=counted,
+                )
+            )
+            given += 1
+        return given
+
+    async def _recover_lost_reads(self) -> bool:
+        """After a read whose reply was lost (a timeout, a failure of one of its commands):
+        what Redis handed this consumer that no connection here holds goes back, uncounted
+        (it was never sent). False when Redis could not be asked (tried again later)."""
+        if self._sweeping is not None:
+            # Its reclaim moves other instances' abandoned messages to this consumer and gives
+            # them back counted: let it finish, so those are not taken for lost reads.
+            await _follow(self._sweeping)
+        for channel in list(self._channels.values()):
+            if not channel.ready:
+                continue  # its give-back at start-up (``_ensure``) comes first
+            try:
+                given = await self._give_back_held(channel, "read reply lost", counted=False, source=self._reader)
+            except ConnectUnavailable:
+                return False
+            except txredisapi.ResponseError as e:
+                if "NOGROUP" in str(e):
+                    continue  # the stream is gone: nothing is held there
+                raise
+            if given:
+                self._log.info(
+                    "channel {channel!r}: {count} message(s) read while the reply was lost given back",
+                    channel=channel.name,
+                    count=given,
+                )
+        return True
 
     # -- tokens ----------------------------------------------------------------
 
@@ -478,12 +605,21 @@ class ConnectHub:
                 self._log.info("channel {channel!r}: rotated tokens found in plain text now stored hashed",
                                channel=channel.name)
             state = hashed
+        channel.tokens, channel.tokens_read_at = state, self._clock.seconds()
         return state
 
     async def authorize(self, channel: Channel, token: str) -> bool:
         """Whether ``token`` opens ``channel`` now (the configured or rotated tokens)."""
         state = await self.token_state(channel)
         return self._tokens.accepted(token, channel.config.token, state, self._clock.seconds(), channel.name)
+
+    def authorize_known(self, channel: Channel, token: str) -> bool | None:
+        """``authorize`` without Redis, from the tokens the sweep last read; None when those
+        are not known or older than ``TOKENS_FRESH_SECONDS`` (ask ``authorize``)."""
+        now = self._clock.seconds()
+        if channel.tokens_read_at is None or now - channel.tokens_read_at > TOKENS_FRESH_SECONDS:
+            return None
+        return self._tokens.accepted(token, channel.config.token, channel.tokens, now, channel.name)
 
     async def rotate(self, channel: Channel, grace_seconds: float) -> tuple[str, TokenState]:
         """A new token for the channel, on every instance; the old one works for ``grace_seconds``.
@@ -493,6 +629,7 @@ class ConnectHub:
         state = await self.token_state(channel)
         token, rotated = self._tokens.rotate(channel.config.token, state, self._clock.seconds(), grace_seconds)
         await self._call(self._buffer.store_tokens(channel.name, rotated.as_redis()))
+        channel.tokens, channel.tokens_read_at = rotated, self._clock.seconds()
         return token, rotated
 
     # -- publishing ----------------------------------------------------------
@@ -540,7 +677,9 @@ class ConnectHub:
         def joined_or_not(result: bool | Failure) -> None:
             if not answer.called:
                 answer.callback(result)  # a Failure goes down the errback chain
-            elif result is True:  # nobody waits for it any more: take it back, after it landed
+            elif result is True or (isinstance(result, Failure) and result.check(ConnectUnavailable)):
+                # Nobody waits for it any more: take it back, after it landed (or, when Redis
+                # did not answer in time, in case it landed all the same).
                 self._spawn(self._leave(channel.name, connection.id))
 
         joining.addBoth(joined_or_not)
@@ -692,9 +831,16 @@ class ConnectHub:
         item = connection.in_flight.pop(message_id, None)
         if item is None:
             raise NotInFlight(message_id)
+        self._settling.add(item.message.stream_id)
         try:
             if ack:
-                outcome = "acked" if await self._call(self._buffer.ack(connection.channel, item.message.stream_id)) else "gone"
+                acked = await self._call(self._buffer.ack(connection.channel, item.message.stream_id))
+                if not acked:
+                    # Not in flight at that stream id: it may have been requeued under a new one
+                    # meanwhile (a nack or a reclaim elsewhere); then it is still queued, and the
+                    # connector did handle it.
+                    acked = await self._call(self._buffer.ack_message(connection.channel, message_id))
+                outcome = "acked" if acked else "gone"
             else:
                 result = await self._call(
                     self._buffer.give_back(
@@ -712,6 +858,8 @@ class ConnectHub:
             if connection.id in self._connections:
                 connection.in_flight[message_id] = item
             raise
+        finally:
+            self._settling.discard(item.message.stream_id)
         connection.last_activity = self._clock.seconds()
         self._count_settled(connection, item, ack)
         return outcome
@@ -742,8 +890,10 @@ class ConnectHub:
             NotInFlight: the channel holds no such message (already settled).
             ConnectUnavailable: Redis did not answer; the call may be repeated.
         """
+        stream_id: str | None
         if ack:
-            if not await self._call(self._buffer.ack_message(channel.name, message_id)):
+            stream_id = await self._call(self._buffer.ack_message_at(channel.name, message_id))
+            if stream_id is None:
                 raise NotInFlight(message_id)
             outcome = "acked"
         else:
@@ -760,7 +910,10 @@ class ConnectHub:
                 raise NotInFlight(message_id)  # waiting, not in flight: nothing to nack
             outcome = result.state
         for connection in list(channel.connections.values()):
-            if connection.in_flight.get(message_id) is not None:
+            item = connection.in_flight.get(message_id)
+            # Only the copy just settled: one requeued under a new stream id (and perhaps
+            # dispatched again meanwhile) is another delivery, still in flight.
+            if item is not None and item.message.stream_id == stream_id:
                 self._settled_elsewhere(connection, message_id, ack)
         return outcome
 
@@ -825,6 +978,7 @@ class ConnectHub:
         return channel.config.max_deliveries if channel is not None else UNCONFIGURED_MAX_DELIVERIES
 
     async def _give_back(self, channel_name: str, message: Buffered, reason: str, counted: bool = True) -> None:
+        self._settling.add(message.stream_id)  # not for the lost-read give-back (_give_back_held)
         try:
             await self._call(
                 self._buffer.give_back(
@@ -843,6 +997,8 @@ class ConnectHub:
                 message_id=message.message_id,
                 reason=reason,
             )
+        finally:
+            self._settling.discard(message.stream_id)
 
     def _on_tick(self) -> None:
         try:
@@ -913,6 +1069,14 @@ class ConnectHub:
 
     async def _read_forever(self) -> None:
         while self._running:
+            if self._lost_reads:
+                # A read failed or timed out: Redis may have handed this consumer messages
+                # whose reply never came. Give them back before reading again.
+                if not await self._recover_lost_reads():
+                    if not await self._pause(self._backoff.failed(self._clock.seconds())):
+                        return
+                    continue
+                self._lost_reads = False
             wanted = self._wanted()
             if not wanted:
                 if not await self._pause(None):
@@ -925,12 +1089,14 @@ class ConnectHub:
                     # Nothing waits: wait for the first new message (at most one per stream).
                     messages = await self._read_blocking(wanted)
             except CancelledError:
+                self._lost_reads = True
                 if not self._running:
                     return
                 messages = []
             except (ConnectUnavailable, txredisapi.ResponseError) as e:
                 # Redis away, or a group gone (Redis restarted empty): retried here. Anything
                 # else is a bug that ends this loop; it is then restarted (_read_loop_failed).
+                self._lost_reads = True
                 if isinstance(e, txredisapi.ResponseError) and "NOGROUP" not in str(e):
                     raise
                 self._reader_failed(e)
@@ -942,21 +1108,50 @@ class ConnectHub:
                 self._log.info("Webhook Connect reads from Redis again")
             self.buffer_ok = True
             self._read_state, self._read_error = "running", ""
+            if not self._running:
+                # Stopped while the read was under way: nobody here will send these.
+                for channel_name, message in messages:
+                    self._spawn(self._give_back(channel_name, message, "server shutting down", counted=False))
+                return
             self._dispatch(messages)
 
     async def _read_blocking(self, wanted: dict[str, int]) -> list[tuple[str, Buffered]]:
         """The wake-up: a blocking read over every wanted channel; CLIENT UNBLOCK ends it early."""
         self._reading = frozenset(wanted)
         client_id, found = self._reader.read_blocking(wanted, READ_BLOCK_MS)
-        found.addTimeout(READ_BLOCK_MS / 1000 + CALL_TIMEOUT, self._clock)
         self._read = found
+
+        def known(value: str) -> str:
+            self._reader_client_id = value
+            return value
+
+        client_id.addCallback(known)
+        # Both replies under one deadline; a failure of either is consumed here (never an
+        # "Unhandled error in Deferred"), and a timeout cancels both.
+        both: Deferred[list[Any]] = gatherResults([client_id, found], consumeErrors=True)
+        expired: list[bool] = []
+
+        def expire() -> None:
+            expired.append(True)
+            both.cancel()  # cancels each of the two
+
+        deadline = self._clock.callLater(READ_BLOCK_MS / 1000 + CALL_TIMEOUT, expire)
         try:
-            self._reader_client_id = await client_id
-            messages: list[tuple[str, Buffered]] = await found
+            _, messages = await both
             return messages
-        except (TimeoutError, txredisapi.ConnectionError) as e:
-            raise ConnectUnavailable(_reason(e)) from None
+        except FirstError as e:
+            error = e.subFailure.value
+            if expired:
+                raise ConnectUnavailable("Redis did not answer the blocking read in time") from None
+            if isinstance(error, (TimeoutError, txredisapi.ConnectionError)):
+                raise ConnectUnavailable(_reason(error)) from None
+            if isinstance(error, txredisapi.ResponseError) and str(error).split(" ", 1)[0] in _TRANSIENT:
+                raise ConnectUnavailable(str(error)) from None  # e.g. LOADING, BUSY: retried
+            e.subFailure.raiseException()
+            raise  # not reached
         finally:
+            if deadline.active():
+                deadline.cancel()
             self._read = None
             self._reading = frozenset()
             if self._unblocking is not None and self._unblocking.active():
@@ -964,6 +1159,8 @@ class ConnectHub:
 
     async def _pause(self, delay: float | None) -> bool:
         """Wait ``delay`` seconds (None: no limit) or until a window opens; False once stopped."""
+        if not self._running:
+            return False
         wait: Deferred[None] = Deferred()
         self._idle = wait
 
@@ -1015,13 +1212,19 @@ class ConnectHub:
 
     def _send(self, connection: Connection, messages: list[Buffered]) -> None:
         """Hand each message to the connection's sink. One that cannot be sent is given back
-        alone (counted as a failed delivery of that message only); the others go on."""
+        alone (counted as a failed delivery of that message only); the others go on. A sink
+        that is closing (``SinkClosed``) sent nothing: given back uncounted."""
         for message in messages:
             sink = connection.sink
             if sink is None:
                 return  # closed meanwhile: what it holds was given back with it
             try:
                 sink([message])
+            except SinkClosed:
+                # Closing: the close gives back what it held; this one was never sent.
+                if connection.in_flight.pop(message.message_id, None) is not None:
+                    self._spawn(self._give_back(connection.channel, message, "connection closing", counted=False))
+                continue
             except Exception:
                 self._log.failure(
                     "sending message {message_id} to connection {connection_id} failed; given back",
@@ -1065,6 +1268,7 @@ class ConnectHub:
                     self._buffer.expire_waiting(channel.name, now, channel.expire_cursor)
                 )
                 await self._call(self._buffer.forget_idle_consumers(channel.name, CONSUMER_FORGOTTEN_MS))
+                await self.token_state(channel)  # for authorize_known: rotations on other instances
                 records = {
                     c.id: c.record(self.instance, now + REGISTRY_TTL)
                     for c in channel.connections.values()

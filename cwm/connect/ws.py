@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from autobahn.exception import Disconnected
 from autobahn.twisted.resource import WebSocketResource
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from twisted.internet.defer import Deferred
@@ -17,7 +18,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 from cwm.connect.buffer import Buffered
-from cwm.connect.hub import ConnectHub, ConnectUnavailable, Connection, NotInFlight, iso
+from cwm.connect.hub import ConnectHub, ConnectUnavailable, Connection, NotInFlight, SinkClosed, iso
 
 MAX_CLIENT_MESSAGE = 64 * 1024
 """What a connector may send in one message (acks, nacks, heartbeats are small)."""
@@ -102,8 +103,14 @@ class ChannelSocket(WebSocketServerProtocol):
         self.sendMessage(json.dumps(frame, separators=(",", ":")).encode())
 
     def _send_batch(self, messages: list[Buffered]) -> None:
+        # After the peer's close frame, until onClose runs, autobahn refuses to send.
+        if self.state != self.STATE_OPEN:
+            raise SinkClosed()
         for message in messages:
-            self._send_json(message.wire())
+            try:
+                self._send_json(message.wire())
+            except Disconnected:
+                raise SinkClosed() from None
 
     def _close_by_server(self, reason: str) -> None:
         self.sendClose(4000, reason[:120])

@@ -28,13 +28,17 @@ from twisted.internet.protocol import Protocol
 from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
 
+from cwm.connect.channels import MAX_MESSAGE_SIZE_LIMIT, max_wire_size
 from cwm.connector.dispatch import Dispatcher, Settle
 from cwm.connector.logs import connector_logger
 from cwm.connector.message import MalformedMessage, Message, Outcome
 from cwm.connector.settings import ConnectorSettings
 from cwm.connector.sse import EventStreamParser, EventTooLarge
 
-MAX_FRAME_BYTES = 64 * 1024 * 1024
+MAX_FRAME_BYTES = max_wire_size(MAX_MESSAGE_SIZE_LIMIT)
+"""The largest message the cloud may send (a channel's largest ``max_message_size`` of body,
+carried twice and escaped): what a WebSocket message or an SSE event may hold. A limit, not
+an allocation."""
 MAX_ERROR_BODY = 4096
 POLL_TIMEOUT = 30
 POLL_MAX_MESSAGES = 100

@@ -46,6 +46,11 @@ def envelope(n: int, body: bytes = b'{"n": 1}') -> dict[str, Any]:
     }
 
 
+async def ids_left(b: StreamBuffer, channel: str = "ch") -> int:
+    """Entries of the channel's message id -> stream id map (one per live message)."""
+    return int(await b._redis.execute_command("HLEN", b.keys(channel).ids))
+
+
 async def publish(b: StreamBuffer, n: int, max_queue: int = 100, ttl: float = 3600, webhook: str = "hook") -> Any:
     return await b.publish("ch", f"msg_{n:016x}", webhook, NOW + ttl, envelope(n), max_queue)
 
@@ -70,6 +75,7 @@ async def test_publish_read_ack_with_exact_bytes_and_counts(buffers: tuple[Strea
     assert await a.ack("ch", first.stream_id) is False  # twice: already settled
     counts = await a.counts("ch")
     assert (counts.queued, counts.in_flight, counts.delivered, counts.pending_by_webhook) == (1, 0, 1, {"hook": 1})
+    assert await ids_left(a) == 1  # the ack removed its id
 
 
 @pytest_twisted.ensureDeferred
@@ -131,6 +137,7 @@ async def test_nack_without_retry_dead_letters_then_replay_and_purge(buffers: tu
     assert await a.purge("ch") == 2
     counts = await a.counts("ch")
     assert (counts.dead_letters, counts.in_flight, counts.pending_by_webhook) == (0, 1, {"hook": 1})
+    assert await ids_left(a) == 1
 
 
 @pytest_twisted.ensureDeferred
@@ -148,6 +155,7 @@ async def test_reclaim_gives_back_what_another_instance_left_in_flight(buffers: 
     assert [(m.sequence, m.delivery_count) for _, m in again] == [(1, 1), (2, 1)]
     assert [(m.expires_at, m.envelope) for _, m in again] == [(NOW + 3600, envelope(1)), (NOW + 3600, envelope(2))]
     assert await a.ack("ch", taken[0][1].stream_id) is False  # a's late ack finds nothing
+    assert await ids_left(a) == 2
 
 
 @pytest_twisted.ensureDeferred
@@ -167,6 +175,7 @@ async def test_expired_messages_are_dropped_and_counted(buffers: tuple[StreamBuf
     assert await a.expire("ch", left.stream_id, NOW + 2000) is True
     counts = await a.counts("ch")
     assert (counts.expired, counts.queued, counts.in_flight, counts.pending_by_webhook) == (2, 0, 0, {})
+    assert await ids_left(a) == 0  # expiry (waiting and in flight) removed the ids
 
 
 @pytest_twisted.ensureDeferred
@@ -185,6 +194,7 @@ async def test_expiry_sweep_goes_on_from_its_cursor_and_skips_in_flight(
     assert second == (2, "")
     counts = await a.counts("ch")
     assert (counts.queued, counts.in_flight, counts.expired) == (1, 2, 4)
+    assert await ids_left(a) == 3
 
 
 @pytest_twisted.ensureDeferred
@@ -323,3 +333,46 @@ async def test_each_channel_is_read_with_its_own_count_and_acks_by_message_id_fr
     assert (await a.give_back("x", x3.stream_id, 5, "bad", NOW, dead=True)).state == "dead_lettered"
     assert await a.expire("x", x4.stream_id, NOW + 120) is True
     assert await b.stream_id_of("x", "msg_x3") is None and await b.stream_id_of("x", "msg_x4") is None
+    assert await ids_left(a, "x") == 0 and await ids_left(a, "y") == 4
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_replayed_message_is_found_by_its_id_at_its_new_place(
+    buffers: tuple[StreamBuffer, StreamBuffer],
+) -> None:
+    a, b = buffers
+    await a.ensure_channel("ch")
+    await publish(a, 1)
+    [(_, first)] = await a.read({"ch": 1})
+    await a.give_back("ch", first.stream_id, 5, "bad", NOW, dead=True)
+    assert await b.stream_id_of("ch", first.message_id) is None and await ids_left(a) == 0
+    letters, _ = await a.dead_letters("ch")
+    assert await a.replay("ch", [letters[0]["dead_letter_id"]], 60, NOW) == 1
+    [(_, again)] = await a.read({"ch": 1})
+    assert again.stream_id != first.stream_id
+    assert await b.stream_id_of("ch", first.message_id) == again.stream_id
+    assert await b.ack_message("ch", first.message_id) is True  # from the other instance
+    counts = await a.counts("ch")
+    assert (counts.queued, counts.in_flight, counts.delivered) == (0, 0, 1)
+    assert await ids_left(a) == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_ack_meeting_a_stale_stream_id_settles_the_requeued_copy_by_id(
+    buffers: tuple[StreamBuffer, StreamBuffer],
+) -> None:
+    """What ConnectHub.settle does when the stream id it holds was requeued elsewhere meanwhile."""
+    a, b = buffers
+    await a.ensure_channel("ch")
+    await publish(a, 1)
+    await publish(a, 2)
+    [(_, m1), (_, m2)] = await a.read({"ch": 2})
+    # Another instance gives msg 1 back (a nack there, or a reclaim): requeued under a new id.
+    assert (await b.give_back("ch", m1.stream_id, 5, "nack", NOW)).state == "requeued"
+    assert await a.ack("ch", m1.stream_id) is False  # the stale id: nothing in flight there
+    assert await a.ack_message("ch", m1.message_id) is True  # the copy still queued is settled
+    assert await a.ack("ch", m2.stream_id) is True
+    assert await a.read({"ch": 5}) == []  # nothing is delivered again
+    counts = await a.counts("ch")
+    assert (counts.queued, counts.in_flight, counts.delivered) == (0, 0, 2)
+    assert await ids_left(a) == 0

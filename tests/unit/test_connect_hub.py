@@ -371,20 +371,36 @@ def test_redis_away_shows_as_restarting_until_a_read_succeeds() -> None:
     hub.stop()
 
 
-def test_a_failing_sweep_is_started_again(logged_failures: list[dict[str, Any]]) -> None:
+def test_a_failing_sweep_is_started_again_with_backoff_and_logged_once_per_streak(
+    logged_failures: list[dict[str, Any]],
+) -> None:
     hub, buffer, clock = hub_with_channel()
-    calls: list[int] = []
+    hub._loop_backoffs["sweep"]._random = lambda: 1.0  # the ceiling of each jittered delay
+    calls: list[float] = []
+    broken = [True]
+    sweep = hub._sweep_redis
 
-    async def broken() -> None:
-        calls.append(1)
-        raise RuntimeError("bug")
+    async def failing() -> None:
+        calls.append(clock.seconds())
+        if broken[0]:
+            raise RuntimeError("bug")
+        await sweep()
 
-    hub._sweep.f = lambda: Deferred.fromCoroutine(broken())  # type: ignore[method-assign]
+    hub._sweep_redis = failing  # type: ignore[method-assign]
     clock.advance(5)  # the sweep fails and its LoopingCall stops...
     assert len(calls) == 1 and len(logged_failures) == 1
     logged_failures.clear()
-    clock.advance(5)  # ...and is started again
-    assert len(calls) == 2 and len(logged_failures) == 1
+    for _ in range(60):
+        clock.advance(5)
+    # ...and is started again after 5, 10, 20, 40, then 60 s (not every 5 s), each failure unlogged.
+    delays = [round(b - a) for a, b in zip(calls, calls[1:])]
+    assert delays[:5] == [5, 10, 20, 40, 60] and set(delays[5:]) == {60}
+    assert logged_failures == []
+    broken[0] = False
+    clock.advance(60)  # it works again...
+    broken[0] = True
+    clock.advance(5)  # ...so the next failure starts a new streak: logged
+    assert len(logged_failures) == 1
     logged_failures.clear()
     hub.stop()
     assert clock.getDelayedCalls() == []
@@ -452,4 +468,255 @@ def test_a_message_acked_on_another_instance_frees_the_slot_here() -> None:
     clock.advance(1)  # the next tick finds it no longer in flight in Redis
     assert connection.free() == 1 and connection.acked == 1 and buffer.given_back() == []
     assert buffer.reads[-1][0] == {"ch": 1}
+    hub.stop()
+
+
+# --- review of the cloud side: lost read replies, stop, settling ------------------------------------
+
+
+class HeldReads(RecordingBuffer):
+    """``held_by_me`` answers what the test says this consumer holds in Redis."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.held: list[str] = []
+        self.startup_done = False
+
+    async def held_by_me(self, channel: str) -> list[str]:
+        if not self.startup_done:
+            return []
+        return list(self.held)
+
+
+def test_after_a_failed_read_what_redis_handed_us_and_nobody_holds_goes_back_uncounted() -> None:
+    from cwm.connect.hub import ConnectUnavailable
+
+    clock = Clock()
+    clock.advance(1000)
+    buffer = HeldReads()
+    hub = ConnectHub(buffer, buffer, clock, "me")  # type: ignore[arg-type]
+    hub.start()
+    hub.register(OWNER, ChannelConfig(name="ch", token="t"))
+    buffer.startup_done = True
+    connection, received = open_connection(hub, window=2)
+    buffer.answer(message(1))
+    assert received == [1]
+    # The next read's reply is lost (a timeout, one of its commands failing), though Redis
+    # handed message 2 to this consumer.
+    buffer.held = ["1-0", "2-0"]
+    buffer.reads[-1][1].errback(ConnectUnavailable("Redis did not answer within 5 s"))
+    assert buffer.given_back() == []
+    clock.advance(1)  # the backoff; then, before reading again
+    assert buffer.given_back() == [("2-0", "read reply lost", False, False)]  # not 1-0: in flight here
+    assert buffer.reads[-1][0] == {"ch": 1} and not buffer.reads[-1][1].called
+    hub.stop()
+
+
+def test_stop_waits_for_the_read_under_way_and_gives_back_what_it_brings() -> None:
+    hub, buffer, clock = hub_with_channel()
+    connection, received = open_connection(hub, window=2)
+    stopped = hub.stop()
+    assert not stopped.called  # the read is still under way
+    buffer.answer(message(1))
+    assert received == [] and buffer.given_back()[-1] == ("1-0", "server shutting down", False, False)
+    _sync.successResultOf(stopped)
+
+
+def test_stop_is_bounded_when_the_read_never_answers() -> None:
+    hub, buffer, clock = hub_with_channel()
+    open_connection(hub, window=2)
+    stopped = hub.stop()
+    clock.advance(5)  # the read's own timeout: a lost reply, nothing dispatched
+    _sync.successResultOf(stopped)
+
+
+class RequeuedElsewhere(RecordingBuffer):
+    """Stream ids in ``moved`` were requeued under a new id by another instance; ``ids`` maps
+    message ids to their current stream ids (as the channel's ids hash does)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.moved: set[str] = set()
+        self.ids: dict[str, str] = {}
+
+    async def ack(self, channel: str, stream_id: str) -> bool:
+        self.calls.append(("ack", stream_id))
+        return stream_id not in self.moved
+
+    async def ack_message(self, channel: str, message_id: str) -> bool:
+        self.calls.append(("ack_message", message_id))
+        return self.ids.pop(message_id, None) is not None
+
+
+def test_an_ack_meeting_a_stale_stream_id_acks_the_requeued_copy_by_message_id() -> None:
+    clock = Clock()
+    clock.advance(1000)
+    buffer = RequeuedElsewhere()
+    hub = ConnectHub(buffer, buffer, clock, "me")  # type: ignore[arg-type]
+    hub.start()
+    hub.register(OWNER, ChannelConfig(name="ch", token="t"))
+    connection, _ = open_connection(hub, window=2)
+    buffer.answer(message(1), message(2))
+    buffer.moved |= {"1-0", "2-0"}  # both nacked on another instance: requeued...
+    buffer.ids["msg_1"] = "9-0"  # ...msg_1 is still queued under 9-0; msg_2 was settled since
+    assert settle(hub, connection, "msg_1") == "acked"
+    assert ("ack_message", "msg_1") in buffer.calls and "msg_1" not in buffer.ids
+    assert settle(hub, connection, "msg_2") == "gone"
+    hub.stop()
+
+
+def test_a_websocket_closing_gives_back_what_is_dispatched_to_it_uncounted_and_quietly() -> None:
+    """After the peer's close frame, until onClose: nothing can be sent, nothing was delivered."""
+    from cwm.connect.ws import ChannelSocketFactory
+
+    hub, buffer, clock = hub_with_channel()
+    channel = hub.channel("ch")
+    assert channel is not None
+    connection = _sync.successResultOf(Deferred.fromCoroutine(hub.connect(channel, "websocket", "c", "r", "t", 2)))
+    assert connection is not None
+    socket = ChannelSocketFactory(hub, connection, clock, 30.0).buildProtocol(None)
+    socket.state = socket.STATE_CLOSING
+    hub.attach(connection, socket._send_batch, lambda reason: None)
+    buffer.answer(message(1), message(2))
+    assert buffer.given_back() == [("1-0", "connection closing", False, False), ("2-0", "connection closing", False, False)]
+    assert connection.in_flight == {}
+    hub.stop()
+
+
+class BlockingReplies(RecordingBuffer):
+    """The blocking read's two replies (client id, found) are the test's to answer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.client_ids: list[Deferred[str]] = []
+
+    def read_blocking(self, channels: dict[str, int], block_ms: int) -> tuple[Deferred[str], Deferred[Any]]:
+        _, found = super().read_blocking(channels, block_ms)
+        client_id: Deferred[str] = Deferred()
+        self.client_ids.append(client_id)
+        return client_id, found
+
+
+def blocking_hub() -> tuple[ConnectHub, BlockingReplies, Clock]:
+    clock = Clock()
+    clock.advance(1000)
+    buffer = BlockingReplies()
+    hub = ConnectHub(buffer, buffer, clock, "me")  # type: ignore[arg-type]
+    hub.start()
+    hub.register(OWNER, ChannelConfig(name="ch", token="t"))
+    open_connection(hub, window=1)
+    buffer.answer()  # nothing waits: the blocking read follows
+    assert buffer.blocking[-1] is True
+    return hub, buffer, clock
+
+
+def test_a_blocking_read_whose_client_id_never_comes_times_out() -> None:
+    hub, buffer, clock = blocking_hub()
+    buffer.reads[-1][1].callback([])  # the read answers; CLIENT ID never does
+    clock.advance(10)  # READ_BLOCK_MS + CALL_TIMEOUT
+    assert hub.status()["read_loop"] == "restarting" and "blocking read" in hub.status()["read_loop_error"]
+    hub.stop()
+
+
+def test_both_blocking_replies_failing_leave_no_unhandled_error(logged_failures: list[dict[str, Any]]) -> None:
+    import gc
+
+    import txredisapi
+
+    hub, buffer, clock = blocking_hub()
+    buffer.client_ids[-1].errback(txredisapi.ConnectionError("Not connected"))
+    buffer.reads[-1][1].errback(txredisapi.ConnectionError("Not connected"))
+    assert hub.status()["read_loop_error"] == "Not connected"
+    hub.stop()
+    clock.advance(10)
+    buffer.reads.clear()  # the test's own references: the replies can be collected now
+    buffer.client_ids.clear()
+    gc.collect()
+    assert logged_failures == []
+
+
+def test_a_transient_redis_error_on_the_blocking_read_is_retried_without_a_traceback() -> None:
+    import txredisapi
+
+    hub, buffer, clock = blocking_hub()
+    buffer.client_ids[-1].callback("7")
+    buffer.reads[-1][1].errback(txredisapi.ResponseError("LOADING Redis is loading the dataset in memory"))
+    assert hub.status()["read_loop"] == "restarting" and hub.status()["read_loop_error"].startswith("LOADING")
+    hub.stop()
+
+
+def test_a_cancelled_join_that_then_times_out_is_taken_back_too() -> None:
+    from cwm.connect.hub import ConnectUnavailable
+
+    clock = Clock()
+    joins: list[Deferred[bool]] = []
+
+    class SlowJoin(RecordingBuffer):
+        async def join(self, channel: str, cid: str, record: dict[str, Any], limit: int, now: float) -> bool:
+            self.calls.append(("join", cid))
+            d: Deferred[bool] = Deferred()
+            joins.append(d)
+            return await d
+
+    buffer = SlowJoin()
+    hub = ConnectHub(buffer, buffer, clock, "me")  # type: ignore[arg-type]
+    hub.start()
+    hub.register(OWNER, ChannelConfig(name="ch", token="t"))
+    channel = hub.channel("ch")
+    assert channel is not None
+    connecting = Deferred.fromCoroutine(hub.connect(channel, "sse", "c", "r", "t", 1))
+    connecting.cancel()
+    _sync.failureResultOf(connecting, CancelledError)
+    [(_, cid)] = [c for c in buffer.calls if c[0] == "join"]
+    joins[0].errback(ConnectUnavailable("Redis did not answer within 5 s"))  # it may have landed all the same
+    assert ("leave", cid) in buffer.calls
+    hub.stop()
+
+
+def test_stop_wakes_the_blocking_read_and_gives_back_what_it_was_handed() -> None:
+    hub, buffer, clock = hub_with_channel()
+    open_connection(hub, window=1)
+    buffer.answer()  # nothing waits: the blocking read follows
+    assert buffer.blocking[-1] is True
+    stopped = hub.stop()
+    assert ("unblock", "7") in buffer.calls and not stopped.called
+    buffer.answer(message(4))  # Redis handed it a message just before the wake-up
+    assert buffer.given_back()[-1] == ("4-0", "server shutting down", False, False)
+    _sync.successResultOf(stopped)
+
+
+def test_the_lost_read_give_back_leaves_alone_what_is_being_given_back_already() -> None:
+    from cwm.connect.buffer import Outcome
+    from cwm.connect.hub import ConnectUnavailable
+
+    class SlowGiveBack(HeldReads):
+        def __init__(self) -> None:
+            super().__init__()
+            self.slow: list[Deferred[Outcome]] = []
+
+        async def give_back(self, channel: str, stream_id: str, max_deliveries: int, reason: str, now: float,
+                            dead: bool = False, counted: bool = True) -> Outcome:
+            self.calls.append(("give_back", stream_id, reason, dead, counted))
+            if reason == "connection closed":
+                d: Deferred[Outcome] = Deferred()
+                self.slow.append(d)
+                return await d
+            return Outcome("requeued", 1, "new")
+
+    clock = Clock()
+    clock.advance(1000)
+    buffer = SlowGiveBack()
+    hub = ConnectHub(buffer, buffer, clock, "me")  # type: ignore[arg-type]
+    hub.start()
+    hub.register(OWNER, ChannelConfig(name="ch", token="t"))
+    buffer.startup_done = True
+    first, _ = open_connection(hub, window=1)
+    buffer.answer(message(1))
+    second, _ = open_connection(hub, window=1)
+    hub.disconnect(first, hold=0)  # its give-back of 1-0 waits for Redis...
+    buffer.held = ["1-0"]
+    buffer.reads[-1][1].errback(ConnectUnavailable("Redis did not answer within 5 s"))  # ...when a read fails
+    clock.advance(1)
+    assert buffer.given_back() == [("1-0", "connection closed", False, True)]  # once, counted
+    buffer.slow[0].callback(Outcome("requeued", 1, "new"))
     hub.stop()

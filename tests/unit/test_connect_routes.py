@@ -38,8 +38,11 @@ class RouteBuffer(RecordingBuffer):
         return []
 
     async def ack_message(self, channel: str, message_id: str) -> bool:
+        return await self.ack_message_at(channel, message_id) is not None
+
+    async def ack_message_at(self, channel: str, message_id: str) -> str | None:
         self.calls.append(("ack_message", message_id))
-        return self.in_redis.pop(message_id, None) is not None
+        return self.in_redis.pop(message_id, None)
 
     async def stream_id_of(self, channel: str, message_id: str) -> str | None:
         return self.in_redis.get(message_id)
@@ -135,4 +138,90 @@ def test_admin_and_status_calls_racing_a_reload_that_releases_the_channel_answer
     streams.flush()
     codes = [answer(d)[0] for d in pending]
     assert codes == [200, 200, 200]
+    hub.stop()
+
+
+class SharedTokens(RouteBuffer):
+    """Rotated tokens in one dict, shared by the hubs (instances) using this buffer; lookups counted."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stored: dict[str, dict[str, str]] = {}
+        self.token_reads = 0
+
+    async def tokens(self, channel: str) -> dict[str, str]:
+        self.token_reads += 1
+        return dict(self.stored.get(channel, {}))
+
+    async def store_tokens(self, channel: str, fields: list[str], replacing: str = "") -> bool:
+        self.stored[channel] = dict(zip(fields[::2], fields[1::2]))
+        return True
+
+
+def test_an_ack_from_elsewhere_with_a_bad_token_costs_no_redis_call_per_channel() -> None:
+    clock = Clock()
+    clock.advance(1000)
+    buffer = SharedTokens()
+    hub = ConnectHub(buffer, buffer, clock, "me")  # type: ignore[arg-type]
+    hub.start()
+    for n in range(5):
+        hub.register(("default", f"h{n}"), ChannelConfig(name=f"ch{n}", token=f"t{n}"))
+    clock.advance(5)  # a sweep reads each channel's tokens
+    reads = buffer.token_reads
+    for _ in range(3):
+        assert post_ack(hub, clock, "sse_elsewhere_1", "?message_id=msg_9", token="made-up") == (
+            401, {"detail": "Invalid token"})
+    assert buffer.token_reads == reads
+    hub.stop()
+
+
+def test_a_rotation_on_another_instance_is_honoured_for_acks_here_within_a_sweep() -> None:
+    clock = Clock()
+    clock.advance(1000)
+    buffer = SharedTokens()
+    key = b"k" * 32
+    here = ConnectHub(buffer, buffer, clock, "here", token_key=key)  # type: ignore[arg-type]
+    there = ConnectHub(buffer, buffer, clock, "there", token_key=key)  # type: ignore[arg-type]
+    for hub in (here, there):
+        hub.start()
+        hub.register(OWNER, ChannelConfig(name="ch", token="t"))
+    clock.advance(5)
+    channel = there.channel("ch")
+    assert channel is not None
+    new, _ = _sync.successResultOf(Deferred.fromCoroutine(there.rotate(channel, 10)))
+    clock.advance(5)  # the next sweep here reads the rotation
+    buffer.in_redis["msg_9"] = "9-0"
+    assert post_ack(here, clock, "sse_elsewhere_1", "?message_id=msg_9", token=new)[0] == 200
+    assert post_ack(here, clock, "sse_elsewhere_1", "?message_id=msg_9", token="t")[0] == 404  # in its grace
+    clock.advance(10)  # the grace is over: the old token no longer opens it
+    assert post_ack(here, clock, "sse_elsewhere_1", "?message_id=msg_9", token="t")[0] == 401
+    for hub in (here, there):
+        hub.stop()
+
+
+def test_a_nack_by_id_frees_only_the_slot_of_the_copy_it_settled() -> None:
+    """The nack requeues msg_1 under a new stream id, and that copy is read and dispatched here
+    before the nack's answer is handled: the copy stays in flight."""
+    from cwm.connect.buffer import Buffered, Outcome
+
+    class Requeues(RouteBuffer):
+        async def give_back(self, channel: str, stream_id: str, max_deliveries: int, reason: str, now: float,
+                            dead: bool = False, counted: bool = True) -> Outcome:
+            self.calls.append(("give_back", stream_id, reason, dead, counted))
+            if stream_id == "1-0":
+                self.answer(Buffered("10-0", "msg_1", "hook", 1, 1, 1e12, {}))  # the copy, read at once
+            return Outcome("requeued", 1, "10-0")
+
+    clock = Clock()
+    clock.advance(1000)
+    buffer = Requeues()
+    hub = ConnectHub(buffer, buffer, clock, "me")  # type: ignore[arg-type]
+    hub.start()
+    hub.register(OWNER, ChannelConfig(name="ch", token="t"))
+    connection, received = open_connection(hub, "sse", window=2)
+    buffer.in_redis["msg_1"] = "1-0"  # sent by another instance, in flight there
+    assert post_ack(hub, clock, "sse_elsewhere_1", "?message_id=msg_1&status=nack") == (
+        200, {"status": "ok", "message_id": "msg_1", "outcome": "requeued"})
+    assert received == [1] and connection.in_flight["msg_1"].message.stream_id == "10-0"
+    assert connection.nacked == 0
     hub.stop()

@@ -78,3 +78,43 @@ def test_a_wire_message_without_body_base64_uses_the_payload() -> None:
 def test_malformed_wire_messages(data: object) -> None:
     with pytest.raises(MalformedMessage):
         Message.from_wire(data)
+
+
+def _wire_bytes(body: bytes, payload: object) -> int:
+    """The size of the wire message the cloud sends for ``body`` (as its WebSocket and SSE do)."""
+    from cwm.connect.buffer import Buffered
+
+    envelope = {"timestamp": "2026-01-01T00:00:00Z", "headers": {"Content-Type": "text/plain"},
+                "payload": payload, "body_base64": base64.b64encode(body).decode("ascii")}
+    message = Buffered("1700000000000-0", "msg_0123456789abcdef", "hook", 1, 0, 1e12, envelope)
+    return len(json.dumps(message.wire(), separators=(",", ":")).encode())
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda n: (b"\x01" * n, (b"\x01" * n).decode()),  # text of control characters: \u0001 each
+        lambda n: (("\U0001f600" * (n // 4)).encode(), "\U0001f600" * (n // 4)),  # a surrogate pair each
+        lambda n: (json.dumps(["\u00e9" * (n // 2)], ensure_ascii=False).encode(), ["\u00e9" * (n // 2)]),
+    ],
+    ids=["control characters", "emoji", "json"],
+)
+def test_the_connector_takes_the_largest_wire_message_a_channel_allows(make: object) -> None:
+    """Measured on small bodies (the size is linear in the body), extrapolated to the largest
+    max_message_size a channel may set: no allocation of that size."""
+    from cwm.connect.channels import parse_channel_config
+    from cwm.connector.streams import MAX_FRAME_BYTES
+    from cwm.errors import ConfigError
+
+    def size(n: int) -> int:
+        body, payload = make(n)  # type: ignore[operator]
+        return _wire_bytes(body, payload)
+
+    per_byte = (size(6000) - size(3000)) / 3000
+    fixed = size(3000) - per_byte * 3000
+    largest = 64 * 1024 * 1024
+    with pytest.raises(ConfigError):
+        parse_channel_config({"channel": "c", "channel_token": "t" * 32, "max_message_size": largest + 1})
+    assert parse_channel_config({"channel": "c", "channel_token": "t" * 32, "max_message_size": largest}).max_message_size \
+        == largest
+    assert MAX_FRAME_BYTES >= fixed + per_byte * largest

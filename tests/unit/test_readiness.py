@@ -204,7 +204,9 @@ def test_connect_read_failure_then_recovery() -> None:
     buffer.answer()  # the restarted loop's read of what waits: nothing
     buffer.answer()  # then its blocking read
     assert readiness.check()[0] is True
-    _sync.successResultOf(hub.stop())
+    stopped = hub.stop()
+    buffer.answer()  # stop waits for the read under way
+    _sync.successResultOf(stopped)
 
 
 # -- Vault ----------------------------------------------------------------------------------------
