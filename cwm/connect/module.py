@@ -89,9 +89,9 @@ def envelope(
 
 def thd_envelope_text(
     event: WebhookEvent, config: ChannelConfig, message_id: str, credentials: frozenset[str]
-) -> str:
-    """The stored text of a large webhook's envelope, made on a worker thread without holding the GIL long."""
-    return envelope_text(envelope(event, config, message_id, credentials, yielding=True), yielding=True)
+) -> bytes:
+    """The stored text of a large webhook's envelope (encoded), made on a worker thread without holding the GIL long."""
+    return envelope_text(envelope(event, config, message_id, credentials, yielding=True), yielding=True).encode("ascii")
 
 
 class WebhookConnectModule:
@@ -126,7 +126,7 @@ class WebhookConnectModule:
             )
         message_id = "msg_" + uuid.uuid4().hex[:16]
         # Redis unreachable raises ConnectUnavailable: a ModuleUnavailable (503, Retry-After 5).
-        stored_envelope: dict[str, Any] | str
+        stored_envelope: dict[str, Any] | bytes
         if len(event.body) > LARGE_BODY:
             try:
                 stored_envelope = await self._files.run(thd_envelope_text, event, config, message_id, self._credentials)

@@ -103,7 +103,7 @@ class ChannelSocket(WebSocketServerProtocol):
 
     def _send_batch(self, messages: list[Buffered]) -> None:
         for message in messages:
-            self.sendMessage(message.wire_text().encode())
+            self.sendMessage(message.wire_bytes())
 
     def _close_by_server(self, reason: str) -> None:
         self.sendClose(4000, reason[:120])

@@ -10,7 +10,6 @@ project's connector does and gets the exact bytes and payload.
 
 from __future__ import annotations
 
-import http.client
 import json
 import socket
 import threading
@@ -38,23 +37,22 @@ TOKEN = "tok_large"
 
 
 class SSEReader:
-    """One SSE stream read in a thread with http.client.
+    """One SSE stream read in a thread from a plain socket.
 
     The thread only stores what arrives and counts the ends of events
     (blank lines): it shares the test process with ``HealthProbe``, whose
-    timings a parse of a 20 MB event would disturb. ``events`` parses later.
+    timings a parse of a 20 MB event (or http.client's chunk reading) would
+    disturb. ``events`` takes the chunked encoding apart later.
     """
 
     def __init__(self, port: int, channel: str) -> None:
-        self._conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-        self._conn.request(
-            "GET", f"/connect/stream/{channel}/sse",
-            headers={"Authorization": f"Bearer {TOKEN}", "X-Connector-ID": "large"},
+        self._sock = socket.create_connection(("127.0.0.1", port), timeout=60)
+        self._sock.sendall(
+            f"GET /connect/stream/{channel}/sse HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            f"Authorization: Bearer {TOKEN}\r\nX-Connector-ID: large\r\n\r\n".encode()
         )
-        self._response = self._conn.getresponse()
-        assert self._response.status == 200, self._response.read()
         self._chunks: list[bytes] = []
-        self.ended = 0  # events complete so far
+        self.ended = 0  # events complete so far (a blank line never spans the chunk framing here)
         self.error: BaseException | None = None
         self._closing = False
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -64,20 +62,36 @@ class SSEReader:
         last = b""
         try:
             while True:
-                chunk = self._response.read1(65536)
+                chunk = self._sock.recv(1 << 20)
                 if not chunk:
                     return
                 self._chunks.append(chunk)
                 self.ended += (last + chunk).count(b"\n\n")
                 last = chunk[-1:]
-        except (OSError, http.client.HTTPException, ValueError, AttributeError) as error:
+        except OSError as error:
             if not self._closing:
                 self.error = error
+
+    def _body(self) -> bytes:
+        raw = b"".join(self._chunks)
+        head, _, rest = raw.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200"), head
+        pieces, index = [], 0
+        while True:
+            line_end = rest.find(b"\r\n", index)
+            if line_end < 0:
+                break
+            size = int(rest[index:line_end], 16)
+            if size == 0 or line_end + 2 + size > len(rest):
+                break
+            pieces.append(rest[line_end + 2 : line_end + 2 + size])
+            index = line_end + 2 + size + 2
+        return b"".join(pieces)
 
     def events(self) -> list[tuple[str, str]]:
         """(name, data) of each complete event so far."""
         found = []
-        for block in b"".join(self._chunks).split(b"\n\n")[: self.ended]:
+        for block in self._body().split(b"\n\n")[: self.ended]:
             name, data = "message", []
             for line in block.decode().split("\n"):
                 key, _, value = line.partition(": ")
@@ -106,10 +120,9 @@ class SSEReader:
 
     def close(self) -> None:
         self._closing = True
-        if self._conn.sock is not None:
-            self._conn.sock.shutdown(socket.SHUT_RDWR)  # ends the reader's read
+        self._sock.shutdown(socket.SHUT_RDWR)  # ends the reader's recv
         self._thread.join(PROBE_TIMEOUT)
-        self._conn.close()
+        self._sock.close()
 
 
 @pytest.fixture(scope="module")
