@@ -635,7 +635,7 @@ class ConnectHub:
     # -- publishing ----------------------------------------------------------
 
     async def publish(
-        self, config: ChannelConfig, webhook_id: str, message_id: str, envelope: dict[str, Any], now: float
+        self, config: ChannelConfig, webhook_id: str, message_id: str, envelope: dict[str, Any] | bytes, now: float
     ) -> tuple[int, str] | None:
         """Queue one message; (sequence, stream id), or None when the channel is full.
 

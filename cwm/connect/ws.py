@@ -108,7 +108,7 @@ class ChannelSocket(WebSocketServerProtocol):
             raise SinkClosed()
         for message in messages:
             try:
-                self._send_json(message.wire())
+                self.sendMessage(message.wire_bytes())
             except Disconnected:
                 raise SinkClosed() from None
 

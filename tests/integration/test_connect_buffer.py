@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -106,7 +107,7 @@ async def test_nack_requeues_then_dead_letters_at_max_deliveries(buffers: tuple[
     for attempt in range(1, 3):
         [(_, m)] = await (a if attempt % 2 else b).read({"ch": 5})
         assert m.delivery_count == attempt - 1
-        assert m.expires_at == NOW + 3600 and m.envelope == envelope(1)  # requeued unchanged
+        assert m.expires_at == NOW + 3600 and json.loads(m.envelope) == envelope(1)  # requeued unchanged
         outcome = await a.give_back("ch", m.stream_id, 3, "nack", NOW)
         assert (outcome.state, outcome.deliveries) == ("requeued", attempt)
     [(_, m)] = await b.read({"ch": 5})
@@ -153,7 +154,7 @@ async def test_reclaim_gives_back_what_another_instance_left_in_flight(buffers: 
     assert [o.state for o in outcomes] == ["requeued", "requeued"]
     again = await b.read({"ch": 5})
     assert [(m.sequence, m.delivery_count) for _, m in again] == [(1, 1), (2, 1)]
-    assert [(m.expires_at, m.envelope) for _, m in again] == [(NOW + 3600, envelope(1)), (NOW + 3600, envelope(2))]
+    assert [(m.expires_at, json.loads(m.envelope)) for _, m in again] == [(NOW + 3600, envelope(1)), (NOW + 3600, envelope(2))]
     assert await a.ack("ch", taken[0][1].stream_id) is False  # a's late ack finds nothing
     assert await ids_left(a) == 2
 
