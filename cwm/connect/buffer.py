@@ -488,6 +488,28 @@ def _fields(flat: list[Any]) -> dict[str, str]:
     return {str(flat[i]): flat[i + 1] for i in range(0, len(flat) - 1, 2)}
 
 
+def dead_letter_bytes(dead_letter_id: str, fields: Mapping[str, str]) -> bytes:
+    """A dead letter as the admin API shows it: the envelope as stored plus its dead-letter fields.
+
+    The stored envelope is one JSON object that has none of these keys, so
+    they are spliced in before its closing brace instead of parsing it.
+    """
+    extra = json.dumps(
+        {
+            "dead_letter_id": dead_letter_id,
+            "sequence": int(fields["seq"]),
+            "delivery_count": int(fields["n"]),
+            "reason": fields.get("reason", ""),
+            "dead_lettered_at": float(fields.get("at", 0)),
+        },
+        separators=(",", ":"),
+    )
+    text = fields["env"].rstrip()
+    if text == "{}":
+        return extra.encode()
+    return f"{text[:-1]},{extra[1:]}".encode()
+
+
 class StreamBuffer:
     """Channel streams in one Redis, through a txredisapi connection (or pool)."""
 
@@ -807,33 +829,22 @@ class StreamBuffer:
             dead_letters_dropped=int(stats.get("dead_letters_dropped", 0)),
         )
 
-    async def dead_letters(
-        self, channel: str, limit: int = 100, before: str = ""
-    ) -> tuple[list[dict[str, Any]], str | None]:
+    async def dead_letters(self, channel: str, limit: int = 100, before: str = "") -> tuple[list[bytes], str | None]:
         """One page of dead letters, newest first, older than ``before`` (a ``dead_letter_id``).
 
-        Each is the envelope with its id, reason, time and delivery count.
+        Each is the envelope with its id, reason, time and delivery count, as
+        one JSON object's bytes: the stored envelope text with those fields
+        spliced in, never parsed here (an envelope may be tens of MB, and this
+        runs on the reactor thread).
         Returns the page and the cursor of the next (None: this was the last).
         """
         k = self.keys(channel)
         start = f"({before}" if before else "+"
         entries = await self._redis.execute_command("XREVRANGE", k.dead, start, "-", "COUNT", str(limit + 1))
-        letters = []
-        for stream_id, flat in (entries or [])[:limit]:
-            f = _fields(flat)
-            envelope = json.loads(f["env"])
-            envelope.update(
-                {
-                    "dead_letter_id": str(stream_id),
-                    "sequence": int(f["seq"]),
-                    "delivery_count": int(f["n"]),
-                    "reason": f.get("reason", ""),
-                    "dead_lettered_at": float(f.get("at", 0)),
-                }
-            )
-            letters.append(envelope)
+        page = (entries or [])[:limit]
+        letters = [dead_letter_bytes(str(stream_id), _fields(flat)) for stream_id, flat in page]
         more = len(entries or []) > limit
-        return letters, (letters[-1]["dead_letter_id"] if more else None)
+        return letters, (str(page[-1][0]) if more and page else None)
 
     async def last_dead_letter(self, channel: str) -> str:
         """The id of the newest dead letter ("" when there is none)."""

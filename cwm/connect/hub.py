@@ -1287,10 +1287,9 @@ class ConnectHub:
         """Message counts of the channel, from Redis (every instance's)."""
         return await self._call(self._buffer.counts(channel.name))
 
-    async def dead_letters(
-        self, channel: Channel, limit: int, cursor: str = ""
-    ) -> tuple[list[dict[str, Any]], str | None]:
-        """A page of dead letters, newest first, and the cursor of the next page (None: the last)."""
+    async def dead_letters(self, channel: Channel, limit: int, cursor: str = "") -> tuple[list[bytes], str | None]:
+        """A page of dead letters (each one JSON object's bytes), newest first, and the cursor
+        of the next page (None: the last)."""
         return await self._call(self._buffer.dead_letters(channel.name, limit, cursor))
 
     async def replay(

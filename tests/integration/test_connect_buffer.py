@@ -117,7 +117,7 @@ async def test_nack_requeues_then_dead_letters_at_max_deliveries(buffers: tuple[
     counts = await a.counts("ch")
     assert (counts.queued, counts.in_flight, counts.dead_lettered, counts.dead_letters) == (0, 0, 1, 1)
     assert counts.pending_by_webhook == {}
-    [letter], _ = await a.dead_letters("ch")
+    [letter] = [json.loads(x) for x in (await a.dead_letters("ch"))[0]]
     assert letter["message_id"] == "msg_0000000000000001" and letter["reason"] == "target answered 500"
     assert letter["delivery_count"] == 3
 
@@ -130,7 +130,7 @@ async def test_nack_without_retry_dead_letters_then_replay_and_purge(buffers: tu
         await publish(a, n)
     for _, m in await a.read({"ch": 3}):
         assert (await a.give_back("ch", m.stream_id, 5, "target answered 400", NOW, dead=True)).state == "dead_lettered"
-    letters, _ = await a.dead_letters("ch")
+    letters = [json.loads(x) for x in (await a.dead_letters("ch"))[0]]
     assert [x["sequence"] for x in letters] == [3, 2, 1]
     assert await a.replay("ch", [letters[0]["dead_letter_id"], "1-0"], 60, NOW) == 1  # one still there
     [(_, again)] = await a.read({"ch": 5})
@@ -347,7 +347,7 @@ async def test_a_replayed_message_is_found_by_its_id_at_its_new_place(
     [(_, first)] = await a.read({"ch": 1})
     await a.give_back("ch", first.stream_id, 5, "bad", NOW, dead=True)
     assert await b.stream_id_of("ch", first.message_id) is None and await ids_left(a) == 0
-    letters, _ = await a.dead_letters("ch")
+    letters = [json.loads(x) for x in (await a.dead_letters("ch"))[0]]
     assert await a.replay("ch", [letters[0]["dead_letter_id"]], 60, NOW) == 1
     [(_, again)] = await a.read({"ch": 1})
     assert again.stream_id != first.stream_id

@@ -247,3 +247,20 @@ def test_a_stored_text_that_is_not_ascii_is_parsed_not_cut_at_a_wrong_offset() -
     tail = json.dumps({k: env[k] for k in buffer_module.WIRE_TAIL}, ensure_ascii=False)
     text = head[:-1] + "," + tail[1:]
     assert read_back(text).wire() == expected_wire(env, read_back(text))
+
+
+def test_a_dead_letter_is_the_stored_envelope_with_its_fields_spliced_in_unparsed() -> None:
+    """The admin listing never parses an envelope (it may be tens of MB): same object as parse + update."""
+    import json as _json
+
+    from cwm.connect.buffer import dead_letter_bytes
+
+    stored = _json.dumps({"message_id": "msg_1", "payload": {"reason": "not a field", "sequence": "nor this"}},
+                         separators=(",", ":"))
+    fields = {"env": stored, "seq": "7", "n": "3", "reason": "target answered 500", "at": "1800000000.5"}
+    letter = _json.loads(dead_letter_bytes("9-0", fields))
+    expected = _json.loads(stored)
+    expected.update({"dead_letter_id": "9-0", "sequence": 7, "delivery_count": 3,
+                     "reason": "target answered 500", "dead_lettered_at": 1800000000.5})
+    assert letter == expected
+    assert _json.loads(dead_letter_bytes("9-0", {**fields, "env": "{}"}))["sequence"] == 7
