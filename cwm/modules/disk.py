@@ -256,16 +256,17 @@ class DiskModule:
             content = encode_in_pieces(json.JSONEncoder(ensure_ascii=False), event.payload).encode("utf-8")
         else:
             content = self.file_content(event)
-        return self._write(content, self.file_name(event))
+        return self.thd_write(content, self.file_name(event))
 
-    def _write(self, content: bytes, name: str) -> str:
+    def thd_write(self, content: bytes, name: str) -> str:
+        """Runs on the file threads only (from ``thd_save``)."""
         real_base = os.path.realpath(self._base_dir)
         real_target = os.path.realpath(self._target_dir)
         if not _is_within(real_target, real_base):
             raise ModuleUnavailable(
                 "could not save the webhook: the target directory escapes base_dir"
             )
-        os.makedirs(real_target, mode=_DIR_MODE, exist_ok=True)
+        os.makedirs(real_target, mode=_DIR_MODE, exist_ok=True)  # off-reactor
         dir_fd = os.open(
             real_target, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
         )
@@ -281,12 +282,12 @@ class DiskModule:
                 try:
                     _write_all(file_fd, content)
                     if self._fsync:
-                        os.fsync(file_fd)
+                        os.fsync(file_fd)  # off-reactor
                 finally:
                     os.close(file_fd)
                 saved_as = self._link_unused_name(temp_name, name, dir_fd)
                 if self._fsync:
-                    os.fsync(dir_fd)
+                    os.fsync(dir_fd)  # off-reactor
             finally:
                 try:
                     os.unlink(temp_name, dir_fd=dir_fd)

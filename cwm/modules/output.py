@@ -114,8 +114,8 @@ class StdoutWriter(Service):
             error: BaseException | None = None
             try:
                 for text, _ in batch:
-                    self._stream.write(text)
-                self._stream.flush()
+                    self._stream.write(text)  # off-reactor: the writer thread
+                self._stream.flush()  # off-reactor
             except (OSError, ValueError) as e:
                 error = e
             self._reactor.callFromThread(self._written, batch, error)
