@@ -21,7 +21,8 @@ log() { printf '%s %s\n' "$(date +%H:%M:%S)" "$*"; }
 pass() { log "PASS: $*"; }
 fail() { log "FAIL: $*"; FAILURES=$((FAILURES + 1)); }
 
-# --local forces local processes; otherwise docker when `docker info` answers.
+# --local forces local processes; otherwise docker when `docker info` answers and a
+# Compose is installed (see compose_command).
 scenario_init() {
     local arg
     for arg in "$@"; do
@@ -31,12 +32,15 @@ scenario_init() {
         esac
     done
     if [ -z "$MODE" ]; then
-        if command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1 \
-            && docker compose version >/dev/null 2>&1; then
+        if command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1 && compose_command >/dev/null; then
             MODE=docker
         else
             MODE=local
         fi
+    fi
+    if [ "$MODE" = docker ] && ! compose_command >/dev/null; then
+        echo "docker mode needs Docker Compose: the docker compose plugin or docker-compose" >&2
+        exit 2
     fi
     # Containers that write into bind-mounted folders run as the host user (see the compose files).
     export HOST_UID="${HOST_UID:-$(id -u)}" HOST_GID="${HOST_GID:-$(id -g)}"
@@ -92,12 +96,18 @@ scenario_finish() {
 
 # ---- both modes -------------------------------------------------------------
 
-# up SERVICE... : start services (compose names), waiting for each to be ready.
+# up SERVICE... : start services (compose names), waiting for each to be ready
+# (healthy, or running if it has no healthcheck).
 up() {
     local name
     for name in "$@"; do
         if [ "$MODE" = docker ]; then
-            compose_all up -d --wait "$name"
+            if [ "$(compose_command)" = "docker compose" ]; then
+                compose_all up -d --wait "$name"
+            else
+                compose_all up -d "$name"
+                compose_wait "$name"
+            fi
         else
             "local_${name//-/_}"
         fi
@@ -311,9 +321,48 @@ expect_within() {
     done
 }
 
-# compose ARGS...: docker compose in the scenario's folder.
+# compose_command: prints the Compose to use (status 1 if none): the docker compose
+# plugin (v2) when `docker compose` answers, else docker-compose (v1.29, which
+# lacks `up --wait` and `cp`: up and copy_out do their work with the docker CLI).
+COMPOSE_COMMAND=""
+compose_command() {
+    if [ -z "$COMPOSE_COMMAND" ]; then
+        if docker compose version >/dev/null 2>&1; then
+            COMPOSE_COMMAND="docker compose"
+        elif command -v docker-compose >/dev/null 2>&1; then
+            COMPOSE_COMMAND="docker-compose"
+        else
+            return 1
+        fi
+    fi
+    printf '%s\n' "$COMPOSE_COMMAND"
+}
+
+# compose ARGS...: Docker Compose in the scenario's folder.
 compose() {
-    (cd "$SCENARIO_DIR" && docker compose "$@")
+    compose_command >/dev/null || { echo "no Docker Compose (docker compose or docker-compose)" >&2; return 1; }
+    # Unquoted on purpose: "docker compose" is two words.
+    (cd "$SCENARIO_DIR" && $COMPOSE_COMMAND "$@")
+}
+
+# compose_wait SERVICE [SECONDS]: until SERVICE's container is healthy (running, if it
+# has no healthcheck), as `up --wait` does; 1 if it is unhealthy, exits or takes longer.
+compose_wait() {
+    local name="$1" deadline=$((SECONDS + ${2:-120})) id state
+    id="$(compose ps -q "$name" | head -n 1)"
+    [ -n "$id" ] || { log "no container for $name"; return 1; }
+    while :; do
+        state="$(docker inspect -f '{{.State.Status}} {{if .State.Health}}{{.State.Health.Status}}{{else}}none{{end}}' "$id")"
+        case "$state" in
+            "running healthy"|"running none") return 0 ;;
+            *unhealthy|exited*|dead*) log "$name is $state"; return 1 ;;
+        esac
+        if [ "$SECONDS" -ge "$deadline" ]; then
+            log "$name is still $state"
+            return 1
+        fi
+        sleep 0.2
+    done
 }
 
 # compose_all ARGS...: compose with every profile of the file enabled by name
@@ -394,7 +443,11 @@ redis_cli() {
 copy_out() {
     rm -rf "$3"
     mkdir -p "$(dirname "$3")"
-    compose cp "$1:$2" "$3" >/dev/null 2>&1 || mkdir -p "$3"
+    if [ "$(compose_command)" = "docker compose" ]; then
+        compose cp "$1:$2" "$3" >/dev/null 2>&1 || mkdir -p "$3"
+    else
+        docker cp "$(compose ps -q "$1" | head -n 1):$2" "$3" >/dev/null 2>&1 || mkdir -p "$3"
+    fi
 }
 
 # compose_init "$@": scenario_init, then the one argument a docker/compose/*/run_test.sh

@@ -14,9 +14,9 @@ seed_etcd() {
 }
 
 if [ "${BASH_SOURCE[0]}" = "$0" ]; then
-    set -euo pipefail
-    cd "$(dirname "$0")"
-    etcdctl() { docker compose exec -T etcd etcdctl "$@"; }
+    SCENARIO_DIR="$(cd "$(dirname "$0")" && pwd)"
+    source "$SCENARIO_DIR/../../scenario/lib.sh"  # its etcdctl runs in the etcd container
+    MODE=docker
     seed_etcd
     etcdctl get --prefix /cwm/ --keys-only
 fi

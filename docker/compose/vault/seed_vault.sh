@@ -9,8 +9,8 @@ vault_kv_put() {  # vault_kv_put PATH KEY=VALUE...: a new version of secret/PATH
     local path="$1"
     shift
     if [ "${MODE:-docker}" = docker ]; then
-        (cd "$SCENARIO_DIR" && docker compose exec -T -e VAULT_ADDR=http://127.0.0.1:8200 \
-            -e VAULT_TOKEN="$VAULT_ROOT_TOKEN" vault vault kv put "secret/$path" "$@") >/dev/null
+        compose exec -T -e VAULT_ADDR=http://127.0.0.1:8200 \
+            -e VAULT_TOKEN="$VAULT_ROOT_TOKEN" vault vault kv put "secret/$path" "$@" >/dev/null
     else
         "$PYTHON" -c 'import json, sys; print(json.dumps({"data": dict(a.split("=", 1) for a in sys.argv[1:])}))' "$@" |
             curl -sf -o /dev/null -X POST -H "X-Vault-Token: $VAULT_ROOT_TOKEN" -H 'Content-Type: application/json' \
@@ -25,8 +25,8 @@ seed_vault() {
 }
 
 if [ "${BASH_SOURCE[0]}" = "$0" ]; then
-    set -euo pipefail
     SCENARIO_DIR="$(cd "$(dirname "$0")" && pwd)"
+    source "$SCENARIO_DIR/../../scenario/lib.sh"  # compose: Docker Compose in this folder
     MODE=docker
     seed_vault "$@"
 fi
