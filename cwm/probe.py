@@ -106,7 +106,11 @@ class _UnixConnection(http.client.HTTPConnection):
 
 
 def ask(target: Target, timeout: float = TIMEOUT_SECONDS) -> int:
-    """GET the target's path; its status code (OSError when nothing answers in time)."""
+    """GET the target's path; its status code.
+
+    Raises OSError when nothing answers in time, HTTPException when what
+    answers is not HTTP, UnicodeError for a host name that cannot be encoded.
+    """
     connection: http.client.HTTPConnection
     if target.unix:
         connection = _UnixConnection(target.unix, timeout)
@@ -132,10 +136,12 @@ def main(argv: Sequence[str], environ: Mapping[str, str]) -> int:
     except ProbeError as e:
         print(f"cwm.probe: {e}", file=sys.stderr)
         return 2
-    where = target.unix or f"{target.host}:{target.port}"
+    host = f"[{target.host}]" if ":" in target.host else target.host
+    where = target.unix or f"{host}:{target.port}"
     try:
         status = ask(target)
-    except (OSError, http.client.HTTPException) as e:
+    except (OSError, http.client.HTTPException, UnicodeError) as e:
+        # UnicodeError: a host name the IDNA codec refuses (a label over 63 characters).
         print(f"cwm.probe: {where}{target.path}: {e}", file=sys.stderr)
         return 1
     if 200 <= status < 300:

@@ -2,11 +2,14 @@
 
 KV v1 and v2 reads, writes and deletes, AppRole login, token renew-self and
 lookup-self, tokens with TTLs (on an injected clock or real time), namespaces,
-and switches to seal it (503) or stop it listening (connection refused). Use
-it in-process as a twisted.web resource (``StubTreq(standin.resource())``) or
-on a real loopback port (``standin.listen(reactor)``, over TLS with
-``tls=``); ``python -m tests.vault_standin --port N --seed FILE`` runs it as a
-process and prints ``PORT <n>`` once listening (``--port 0``: any free port).
+``sys/health``, listing and enabling KV mounts (``sys/mounts``), and switches
+to seal it (503) or stop it listening (connection refused). Use it in-process
+as a twisted.web resource (``StubTreq(standin.resource())``) or on a real port
+(``standin.listen(reactor)``, over TLS with ``tls=``);
+``python -m tests.vault_standin --port N --seed FILE`` runs it as a process and
+prints ``PORT <n>`` once listening (``--port 0``: any free port; ``--host
+0.0.0.0`` to serve other hosts, as in a container; ``--dev-root-token T`` for a
+never-expiring root token like ``vault server -dev``).
 """
 
 from __future__ import annotations
@@ -24,6 +27,12 @@ from typing import Any
 from twisted.internet.defer import Deferred
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
+
+# The Vault release whose API shapes the stand-in follows (the compose files'
+# image); "+standin" says in every health answer that it is not Vault.
+VERSION = "1.16.0+standin"
+CLUSTER_NAME = "vault-cluster-standin"
+CLUSTER_ID = str(uuid.uuid5(uuid.NAMESPACE_URL, "cwm-vault-standin"))
 
 
 @dataclass
@@ -64,6 +73,7 @@ class VaultStandin:
         self._last_port_number = 0
         self._reactor: Any = None
         self._tls: Any = None
+        self._interface = "127.0.0.1"
 
     # -- time ---------------------------------------------------------------
 
@@ -158,13 +168,14 @@ class VaultStandin:
     def listen(
         self, reactor: Any, port: int = 0, interface: str = "127.0.0.1", tls: Any = None
     ) -> int:
-        """Listen on a loopback port; return its number.
+        """Listen on ``interface`` (loopback by default, ``0.0.0.0`` for all); return the port.
 
         ``tls`` is a server context factory (``PrivateCertificate.options()``)
-        to speak HTTPS; it is kept for ``resume_listening``.
+        to speak HTTPS; it and ``interface`` are kept for ``resume_listening``.
         """
         self._reactor = reactor
         self._tls = tls
+        self._interface = interface
         site = Site(self.resource())
         if tls is None:
             self._port = reactor.listenTCP(port, site, interface=interface)
@@ -189,7 +200,9 @@ class VaultStandin:
 
     def resume_listening(self) -> int:
         """Listen again on the same port number as before."""
-        return self.listen(self._reactor, self._last_port_number, tls=self._tls)
+        return self.listen(
+            self._reactor, self._last_port_number, interface=self._interface, tls=self._tls
+        )
 
     def seed(self, document: dict[str, Any]) -> None:
         """Load mounts, tokens, approles and secrets from a seed document.
@@ -247,10 +260,12 @@ class VaultStandin:
 
     def _dispatch(self, request: Request, headers: dict[str, str]) -> bytes:
         path = request.path.decode("utf-8", "replace")
-        if self.sealed:
-            return _answer(request, 503, {"errors": ["Vault is sealed"]})
         method = request.method.decode("ascii")
         segments = [s for s in path.split("/") if s]
+        if segments == ["v1", "sys", "health"] and method in ("GET", "HEAD"):
+            return self._health(request)  # unauthenticated, and answers when sealed too
+        if self.sealed:
+            return _answer(request, 503, {"errors": ["Vault is sealed"]})
         if len(segments) < 2 or segments[0] != "v1":
             return _answer(request, 404, {"errors": []})
         namespace = _ns(headers.get("x-vault-namespace", ""))
@@ -266,6 +281,12 @@ class VaultStandin:
             return self._renew(request, token)
         if rest[:3] == ["auth", "token", "lookup-self"] and method == "GET":
             return self._lookup(request, token)
+        if rest == ["sys", "mounts"] and method == "GET":
+            return self._list_mounts(request)
+        if rest[:2] == ["sys", "mounts"] and len(rest) > 2 and method in ("POST", "PUT"):
+            if body is None:
+                return _answer(request, 400, {"errors": ["failed to parse JSON input"]})
+            return self._enable_mount(request, "/".join(rest[2:]), body)
         located = self._locate(rest)
         if located is None:
             route = "/".join(rest)
@@ -357,6 +378,69 @@ class VaultStandin:
                 stored.deletion_time = self._timestamp()
         return _no_content(request)
 
+    def _health(self, request: Request) -> bytes:
+        """Vault's ``sys/health``: 200 when unsealed and active, 503 when sealed."""
+        if self.sealed:
+            return _answer(
+                request,
+                503,
+                {
+                    "initialized": True,
+                    "sealed": True,
+                    "standby": True,
+                    "performance_standby": False,
+                    "replication_performance_mode": "disabled",
+                    "replication_dr_mode": "disabled",
+                    "server_time_utc": int(self.now()),
+                    "version": VERSION,
+                },
+            )
+        return _answer(
+            request,
+            200,
+            {
+                "initialized": True,
+                "sealed": False,
+                "standby": False,
+                "performance_standby": False,
+                "replication_performance_mode": "disabled",
+                "replication_dr_mode": "disabled",
+                "server_time_utc": int(self.now()),
+                "version": VERSION,
+                "cluster_name": CLUSTER_NAME,
+                "cluster_id": CLUSTER_ID,
+            },
+        )
+
+    def _list_mounts(self, request: Request) -> bytes:
+        """The KV mounts, keyed ``"path/"``, at the top level and under ``data`` as Vault 1.x does.
+
+        Only the KV engines the stand-in serves are listed (no ``sys/``,
+        ``cubbyhole/`` or ``identity/``).
+        """
+        mounts = {f"{name}/": _mount_entry(name, version) for name, version in self.mounts.items()}
+        answer = _envelope(data=mounts)
+        answer.update(mounts)
+        return _answer(request, 200, answer)
+
+    def _enable_mount(self, request: Request, path: str, body: dict[str, Any]) -> bytes:
+        """Enable a KV engine at ``path`` (``kv`` with ``options.version``, or ``kv-v2``)."""
+        kind = body.get("type")
+        options = body.get("options")
+        version_text = str(options.get("version", "1")) if isinstance(options, dict) else "1"
+        if kind == "kv-v2":
+            version_text = "2"
+        elif kind != "kv":
+            return _answer(request, 400, {"errors": [f"plugin not found in the catalog: {kind}"]})
+        if version_text not in ("1", "2"):
+            return _answer(request, 400, {"errors": [f"invalid KV version: {version_text}"]})
+        path = path.strip("/")
+        for existing in self.mounts:
+            if (path + "/").startswith(existing + "/") or (existing + "/").startswith(path + "/"):
+                return _answer(request, 400, {"errors": [f"path is already in use at {existing}/"]})
+        self.mounts[path] = int(version_text)
+        return _no_content(request)
+
     def _login(self, request: Request, body: dict[str, Any]) -> bytes:
         role = self.approles.get(str(body.get("role_id", "")))
         if role is None or role[0] != body.get("secret_id"):
@@ -434,6 +518,25 @@ def _json_body(request: Request) -> dict[str, Any] | None:
     return loaded if isinstance(loaded, dict) else None
 
 
+def _mount_entry(name: str, version: int) -> dict[str, Any]:
+    """One mount as ``sys/mounts`` lists it; its ids are derived from its name, so stable."""
+    ident = uuid.uuid5(uuid.NAMESPACE_URL, "cwm-vault-standin/" + name)
+    return {
+        "accessor": f"kv_{ident.hex[:8]}",
+        "config": {"default_lease_ttl": 0, "force_no_cache": False, "max_lease_ttl": 0},
+        "description": "key/value secret storage",
+        "external_entropy_access": False,
+        "local": False,
+        "options": {"version": str(version)},
+        "plugin_version": "",
+        "running_plugin_version": f"v{VERSION.split('+')[0]}+builtin.vault",
+        "running_sha256": "",
+        "seal_wrap": False,
+        "type": "kv",
+        "uuid": str(ident),
+    }
+
+
 def _metadata(stored: _Version) -> dict[str, Any]:
     return {
         "created_time": stored.created_time,
@@ -479,18 +582,24 @@ def _finish(request: Request, status: int, body: dict[str, Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Run the stand-in on a loopback port until killed; print ``PORT <n>`` once listening."""
+    """Run the stand-in until killed; print ``PORT <n>`` once listening."""
     parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--host", default="127.0.0.1", help="interface to listen on (0.0.0.0: all)")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--seed", help="JSON seed file (see VaultStandin.seed)")
+    parser.add_argument(
+        "--dev-root-token", help="a never-expiring root token, like vault server -dev's"
+    )
     options = parser.parse_args(argv)
     from twisted.internet import reactor
 
     standin = VaultStandin()
+    if options.dev_root_token:
+        standin.create_token(token=options.dev_root_token, policies=["root"])
     if options.seed:
         with open(options.seed, encoding="utf-8") as seed_file:
             standin.seed(json.load(seed_file))
-    port = standin.listen(reactor, options.port)
+    port = standin.listen(reactor, options.port, interface=options.host)
     print(f"PORT {port}", flush=True)
     sys.stdout.flush()
     reactor.run()

@@ -179,3 +179,83 @@ class KV1WriteTests(SynchronousTestCase):
         status, _ = s.call("GET", "/v1/kv/x")
         self.assertEqual(status, 404)
         self.assertIsNone(s.vault.secret("x", mount="kv"))
+
+
+class HealthTests(SynchronousTestCase):
+    def test_unsealed_is_200_without_a_token(self) -> None:
+        s = Standin()
+        status, answer = s.call("GET", "/v1/sys/health", token=None)
+        self.assertEqual(status, 200)
+        self.assertEqual(
+            (answer["initialized"], answer["sealed"], answer["standby"]), (True, False, False)
+        )
+        self.assertTrue(answer["version"].startswith("1.16."))
+        self.assertIn("cluster_name", answer)
+        self.assertIsInstance(answer["server_time_utc"], int)
+
+    def test_sealed_is_503_with_sealed_true(self) -> None:
+        s = Standin()
+        s.vault.sealed = True
+        status, answer = s.call("GET", "/v1/sys/health", token=None)
+        self.assertEqual((status, answer["sealed"], answer["initialized"]), (503, True, True))
+        status, _ = s.call("GET", "/v1/sys/mounts")
+        self.assertEqual(status, 503)
+
+
+class MountTests(SynchronousTestCase):
+    def test_list_needs_a_token(self) -> None:
+        s = Standin()
+        status, answer = s.call("GET", "/v1/sys/mounts", token="wrong")
+        self.assertEqual((status, answer), (403, {"errors": ["permission denied"]}))
+
+    def test_list_shows_kv_mounts_with_their_version(self) -> None:
+        s = Standin()
+        status, answer = s.call("GET", "/v1/sys/mounts")
+        self.assertEqual(status, 200)
+        self.assertEqual(set(answer["data"]), {"secret/", "kv/"})
+        secret = answer["data"]["secret/"]
+        self.assertEqual((secret["type"], secret["options"]), ("kv", {"version": "2"}))
+        self.assertEqual(answer["data"]["kv/"]["options"], {"version": "1"})
+        self.assertEqual(answer["secret/"], secret)  # also at the top level, as Vault 1.x
+        self.assertIn("request_id", answer)
+        _, again = s.call("GET", "/v1/sys/mounts")
+        self.assertEqual(again["data"]["secret/"]["uuid"], secret["uuid"])
+
+    def test_enable_kv_v2_both_spellings_and_kv_v1(self) -> None:
+        s = Standin()
+        for path, body in (
+            ("webhooks", {"type": "kv", "options": {"version": "2"}}),
+            ("team/apps", {"type": "kv-v2"}),
+            ("old", {"type": "kv"}),
+            ("old2", {"type": "kv", "options": {"version": "1"}}),
+        ):
+            status, answer = s.call("POST", f"/v1/sys/mounts/{path}", body)
+            self.assertEqual((path, status, answer), (path, 204, None))
+        self.assertEqual(
+            {k: s.vault.mounts[k] for k in ("webhooks", "team/apps", "old", "old2")},
+            {"webhooks": 2, "team/apps": 2, "old": 1, "old2": 1},
+        )
+        _, answer = s.call("GET", "/v1/sys/mounts")
+        self.assertEqual(answer["data"]["team/apps/"]["options"], {"version": "2"})
+        status, _ = s.call("POST", "/v1/webhooks/data/app/auth", {"data": {"t": "1"}})
+        self.assertEqual(status, 200)
+        self.assertEqual(s.vault.secret("app/auth", mount="webhooks"), {"t": "1"})
+        status, _ = s.call("POST", "/v1/old/x", {"t": "1"})
+        self.assertEqual(status, 204)
+        self.assertEqual(s.vault.secret("x", mount="old"), {"t": "1"})
+
+    def test_enable_an_existing_path_is_400(self) -> None:
+        s = Standin()
+        for path in ("secret", "secret/nested"):
+            status, answer = s.call("POST", f"/v1/sys/mounts/{path}", {"type": "kv-v2"})
+            self.assertEqual((status, answer), (400, {"errors": ["path is already in use at secret/"]}))
+        self.assertEqual(s.vault.mounts, {"secret": 2, "kv": 1})
+
+    def test_enable_needs_a_token_and_a_kv_type(self) -> None:
+        s = Standin()
+        status, _ = s.call("POST", "/v1/sys/mounts/x", {"type": "kv-v2"}, token=None)
+        self.assertEqual(status, 403)
+        status, answer = s.call("POST", "/v1/sys/mounts/x", {"type": "pki"})
+        self.assertEqual(status, 400)
+        self.assertIn("pki", answer["errors"][0])
+        self.assertNotIn("x", s.vault.mounts)
