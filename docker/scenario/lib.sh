@@ -64,6 +64,10 @@ scenario_args() {
 scenario_cleanup() {
     local status=$?
     if [ "$MODE" = docker ]; then
+        if [ "$status" -ne 0 ]; then
+            echo "---- last lines of each container's output"
+            compose_all logs --no-color --tail=40 2>&1 || true
+        fi
         compose_all down -v >/dev/null 2>&1 || true
     else
         local i
