@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PROTOS := $(wildcard protos/cwm/etcd/etcdrpc/*.proto)
 
-.PHONY: run test install protos unit integration typecheck bench clean redis-server docker-compose
+.PHONY: run test install protos unit integration containers container-images container-tools typecheck bench clean redis-server docker-compose
 
 # The integration tests start a real redis-server (Debian's package) on a
 # random loopback port; installed here when missing, as root on CI.
@@ -26,6 +26,19 @@ ifeq ($(DOCKER_COMPOSE),)
 	(apt-get install -y --no-install-recommends docker-compose >/dev/null 2>&1 || \
 	 (apt-get update >/dev/null && apt-get install -y --no-install-recommends docker-compose >/dev/null))
 	command -v docker-compose
+endif
+
+# tests/containers runs docker/'s compose files in containers, with podman as the
+# Docker engine (docker/podman/): Debian's podman, runc and netavark, and mmdebstrap
+# for the base image, installed here when missing. `docker` (the CLI) and
+# docker-compose talk to podman's Docker API.
+CONTAINER_PACKAGES := podman runc conmon netavark aardvark-dns iptables mmdebstrap
+CONTAINER_TOOLS := $(shell command -v podman >/dev/null && command -v runc >/dev/null && command -v mmdebstrap >/dev/null && test -x /usr/lib/podman/netavark && echo yes)
+container-tools: docker-compose
+ifeq ($(CONTAINER_TOOLS),)
+	(apt-get install -y --no-install-recommends $(CONTAINER_PACKAGES) >/dev/null 2>&1 || \
+	 (apt-get update >/dev/null && apt-get install -y --no-install-recommends $(CONTAINER_PACKAGES) >/dev/null))
+	command -v podman runc mmdebstrap
 endif
 
 # The editable install's build_py already compiles protos/ in place; the explicit
@@ -49,9 +62,18 @@ run: $(STAMP)
 	$(BIN)/twistd --pidfile= -n cwm --listen tcp:8000 \
 		--webhooks examples/webhooks.json --connections examples/connections.json
 
-test: $(STAMP) redis-server docker-compose
+# The container group runs after the rest: it builds the images (cached in .cache/).
+test: $(STAMP) redis-server docker-compose container-tools
 	$(BIN)/python -m mypy cwm
 	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest tests/containers
+
+# The images the compose files name, built here (docker/podman/images.sh).
+container-images: $(STAMP) container-tools
+	bash docker/podman/images.sh all
+
+containers: $(STAMP) redis-server docker-compose container-tools
+	$(BIN)/python -m pytest tests/containers
 
 unit: $(STAMP)
 	$(BIN)/python -m pytest tests/unit

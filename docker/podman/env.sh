@@ -43,6 +43,7 @@ events_logger = "file"
 tmp_dir = "$CWM_CONTAINERS_RUN/libpod"
 
 [network]
+network_backend = "netavark"
 network_config_dir = "$CWM_CONTAINERS_DIR/networks"
 CONF
 cat >"$CWM_CONTAINERS_DIR/storage.conf" <<CONF
@@ -62,12 +63,21 @@ export CWM_CONTAINERS_DIR CWM_CONTAINERS_RUN PODMAN_SOCKET
 # podman_check: one line on stderr and status 1 unless podman can run a container here.
 podman_check() {
     local tool
-    for tool in podman runc; do
+    for tool in podman runc mmdebstrap docker-compose; do
         command -v "$tool" >/dev/null 2>&1 || {
-            echo "containers: $tool is not installed (make container-tools installs podman, runc, mmdebstrap)" >&2
+            echo "containers: $tool is not installed (make container-tools installs it)" >&2
             return 1
         }
     done
+    [ -x /usr/lib/podman/netavark ] || {
+        echo "containers: netavark is not installed (make container-tools installs it)" >&2
+        return 1
+    }
+    # The scripts' docker mode uses the Docker CLI too (docker inspect, cp, run).
+    command -v docker >/dev/null 2>&1 || {
+        echo "containers: the docker command (Docker's CLI, no engine needed) is not installed" >&2
+        return 1
+    }
     if ! podman info >/dev/null 2>"$CWM_CONTAINERS_RUN/podman-info.err"; then
         echo "containers: podman cannot run here: $(tail -n 1 "$CWM_CONTAINERS_RUN/podman-info.err")" >&2
         return 1
