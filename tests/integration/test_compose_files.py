@@ -83,12 +83,16 @@ def _dockerfile_stages() -> dict[str, tuple[str, list[tuple[str, str]]]]:
     text = re.sub(r"\\\n", " ", DOCKERFILE.read_text(encoding="utf-8"))
     stages: dict[str, tuple[str, list[tuple[str, str]]]] = {}
     current: list[tuple[str, str]] = []
+    defaults: dict[str, str] = {}  # ARGs before the first FROM, with their defaults
     for line in text.splitlines():
         keyword, _, arguments = line.strip().partition(" ")
         if not keyword or keyword.startswith("#"):
             continue
-        if keyword.upper() == "FROM":
-            words = arguments.split()
+        if keyword.upper() == "ARG" and not stages:
+            name, _, default = arguments.strip().partition("=")
+            defaults[name] = default
+        elif keyword.upper() == "FROM":
+            words = re.sub(r"\$\{(\w+)\}", lambda m: defaults.get(m.group(1), m.group(0)), arguments).split()
             name = words[2] if len(words) == 3 and words[1].upper() == "AS" else f"#{len(stages)}"
             current = []
             stages[name] = (words[0], current)
@@ -120,9 +124,14 @@ def _has_healthcheck(target: str) -> bool:
 
 
 def test_receiver_healthcheck_is_readiness() -> None:
-    """The receiver image's healthcheck asks /ready (a backend in use down: unhealthy), not /health (liveness)."""
+    """The receiver image's healthcheck asks /ready (a backend in use down: unhealthy), not /health (liveness).
+
+    ``cwm.probe cwm`` is the readiness probe (tests/unit/test_probe.py); the connector's is
+    ``cwm.probe connector``.
+    """
     check = _healthcheck("cwm")
-    assert "127.0.0.1:8000/ready" in check and "/health" not in check, check
+    assert '"cwm.probe", "cwm"]' in check and "/health" not in check, check
+    assert '"cwm.probe", "connector"]' in _healthcheck("connector")
 
 
 def test_dockerfile_targets() -> None:
