@@ -33,12 +33,13 @@ endif
 # for the base image, installed here when missing. `docker` (the CLI) and
 # docker-compose talk to podman's Docker API.
 CONTAINER_PACKAGES := podman runc conmon netavark aardvark-dns iptables mmdebstrap
-CONTAINER_TOOLS := $(shell command -v podman >/dev/null && command -v runc >/dev/null && command -v mmdebstrap >/dev/null && test -x /usr/lib/podman/netavark && echo yes)
+CONTAINER_TOOLS := $(shell command -v podman >/dev/null && command -v runc >/dev/null && command -v mmdebstrap >/dev/null && command -v iptables >/dev/null && test -x /usr/lib/podman/netavark && test -x /usr/lib/podman/aardvark-dns && echo yes)
 container-tools: docker-compose
 ifeq ($(CONTAINER_TOOLS),)
 	(apt-get install -y --no-install-recommends $(CONTAINER_PACKAGES) >/dev/null 2>&1 || \
 	 (apt-get update >/dev/null && apt-get install -y --no-install-recommends $(CONTAINER_PACKAGES) >/dev/null))
-	command -v podman runc mmdebstrap
+	for tool in podman runc mmdebstrap iptables; do command -v $$tool >/dev/null || exit 1; done
+	test -x /usr/lib/podman/netavark && test -x /usr/lib/podman/aardvark-dns
 endif
 
 # The editable install's build_py already compiles protos/ in place; the explicit

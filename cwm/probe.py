@@ -4,9 +4,11 @@ It asks the running process the way an operator would, over HTTP on the
 address the process listens on, read from the same environment the process
 reads: ``PORT``/``HOST`` for the receiver (which serves ``/ready``) and
 ``CONNECTOR_STATUS_LISTEN`` for the connector (``/health``). So a container
-started with ``PORT=9000`` is still probed where it listens. Exit status 0
-for a 2xx answer, 1 for anything else (one line on stderr says what), 2 for
-a usage or setting error. No third-party import: it runs in the image's
+started with ``PORT=9000`` is still probed where it listens (an address given
+on the command line instead, ``--listen``, is not seen). Exit status 0 for a
+2xx answer, 1 for anything else, a usage or setting error included (one line
+on stderr says what): a HEALTHCHECK command must not exit 2, which Docker
+reserves. No third-party import: it runs in the image's
 Python as a short-lived process every few seconds.
 """
 
@@ -132,10 +134,10 @@ def main(argv: Sequence[str], environ: Mapping[str, str]) -> int:
             target = connector_target(environ)
         else:
             print("usage: python -m cwm.probe cwm|connector", file=sys.stderr)
-            return 2
+            return 1
     except ProbeError as e:
         print(f"cwm.probe: {e}", file=sys.stderr)
-        return 2
+        return 1
     host = f"[{target.host}]" if ":" in target.host else target.host
     where = target.unix or f"{host}:{target.port}"
     try:

@@ -12,7 +12,11 @@ source "$(dirname "$0")/env.sh"
 service_pid="$CWM_CONTAINERS_RUN/service.pid"
 checks_pid="$CWM_CONTAINERS_RUN/healthchecks.pid"
 
-alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+# alive PIDFILE: its process runs and is ours (a pid the system gave to another program is not).
+alive() {
+    [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null \
+        && grep -qaE 'podman|healthchecks' "/proc/$(cat "$1")/cmdline" 2>/dev/null
+}
 
 stop_pid() {
     local pidfile="$1" pid deadline

@@ -30,7 +30,16 @@ _hard_nproc="$(ulimit -Hu)"
 [ "$_hard_nproc" -gt 8192 ] && _hard_nproc=8192
 
 mkdir -p "$CWM_CONTAINERS_RUN" "$CWM_CONTAINERS_DIR/networks"
-cat >"$CWM_CONTAINERS_DIR/containers.conf" <<CONF
+
+# _write_conf FILE: FILE := stdin, replaced in one rename and only when it changed
+# (a podman reading a half-written file would fall back to the machine's settings).
+_write_conf() {
+    local part="$1.$$.part"
+    cat >"$part"
+    if cmp -s "$part" "$1"; then rm -f "$part"; else mv -f "$part" "$1"; fi
+}
+
+_write_conf "$CWM_CONTAINERS_DIR/containers.conf" <<CONF
 # Written by docker/podman/env.sh on every use: edit that file, not this one.
 [containers]
 default_ulimits = ["nofile=$_hard_nofile:$_hard_nofile", "nproc=$_hard_nproc:$_hard_nproc"]
@@ -46,7 +55,7 @@ tmp_dir = "$CWM_CONTAINERS_RUN/libpod"
 network_backend = "netavark"
 network_config_dir = "$CWM_CONTAINERS_DIR/networks"
 CONF
-cat >"$CWM_CONTAINERS_DIR/storage.conf" <<CONF
+_write_conf "$CWM_CONTAINERS_DIR/storage.conf" <<CONF
 # Written by docker/podman/env.sh on every use: edit that file, not this one.
 [storage]
 driver = "overlay"
@@ -63,16 +72,19 @@ export CWM_CONTAINERS_DIR CWM_CONTAINERS_RUN PODMAN_SOCKET
 # podman_check: one line on stderr and status 1 unless podman can run a container here.
 podman_check() {
     local tool
-    for tool in podman runc mmdebstrap docker-compose; do
+    for tool in podman runc mmdebstrap docker-compose iptables curl; do
         command -v "$tool" >/dev/null 2>&1 || {
             echo "containers: $tool is not installed (make container-tools installs it)" >&2
             return 1
         }
     done
-    [ -x /usr/lib/podman/netavark ] || {
-        echo "containers: netavark is not installed (make container-tools installs it)" >&2
-        return 1
-    }
+    # netavark makes the compose networks, aardvark-dns resolves service names in them.
+    for tool in netavark aardvark-dns; do
+        [ -x "/usr/lib/podman/$tool" ] || {
+            echo "containers: $tool is not installed (make container-tools installs it)" >&2
+            return 1
+        }
+    done
     # The scripts' docker mode uses the Docker CLI too (docker inspect, cp, run).
     command -v docker >/dev/null 2>&1 || {
         echo "containers: the docker command (Docker's CLI, no engine needed) is not installed" >&2

@@ -19,13 +19,14 @@ import threading
 import time
 from dataclasses import dataclass
 
-TICK_SECONDS = 0.25
+TICK_SECONDS = 0.5
 DEFAULT_INTERVAL_SECONDS = 30.0  # Docker's default when a HEALTHCHECK names none
 COMMAND_TIMEOUT_SECONDS = 60.0
 
 
 @dataclass
 class Scheduled:
+    started_at: object  # the container's start time: a new one means a restart
     interval: float
     due: float
     running: bool = False
@@ -57,26 +58,34 @@ def _run_check(container_id: str, entry: Scheduled) -> None:
         entry.running = False
 
 
+def _tick(scheduled: dict[str, Scheduled]) -> None:
+    """One pass: follow the running containers, start the checks that are due."""
+    listed = _podman("ps", "--format", "json")
+    if listed.returncode != 0:
+        raise RuntimeError(f"podman ps failed: {listed.stderr.strip()}")
+    running = {c["Id"]: c.get("StartedAt") for c in json.loads(listed.stdout or "[]")}
+    for container_id, entry in list(scheduled.items()):
+        # Gone, or stopped and started again since it was scheduled: its schedule starts over.
+        if running.get(container_id, entry.started_at) != entry.started_at or container_id not in running:
+            del scheduled[container_id]
+    now = time.monotonic()
+    for container_id in running.keys() - scheduled.keys():
+        interval = _interval(container_id)
+        if interval is not None:
+            scheduled[container_id] = Scheduled(running[container_id], interval, due=now + interval)
+    for container_id, entry in scheduled.items():
+        if not entry.running and now >= entry.due:
+            entry.running = True
+            threading.Thread(target=_run_check, args=(container_id, entry), daemon=True).start()
+
+
 def main() -> int:
     scheduled: dict[str, Scheduled] = {}
     while True:
-        listed = _podman("ps", "--format", "json")
-        if listed.returncode != 0:
-            print(f"healthchecks: podman ps failed: {listed.stderr.strip()}", file=sys.stderr, flush=True)
-            time.sleep(1)
-            continue
-        running = {c["Id"] for c in json.loads(listed.stdout or "[]")}
-        for gone in set(scheduled) - running:
-            del scheduled[gone]
-        now = time.monotonic()
-        for container_id in running - set(scheduled):
-            interval = _interval(container_id)
-            if interval is not None:
-                scheduled[container_id] = Scheduled(interval=interval, due=now + interval)
-        for container_id, entry in scheduled.items():
-            if not entry.running and now >= entry.due:
-                entry.running = True
-                threading.Thread(target=_run_check, args=(container_id, entry), daemon=True).start()
+        try:
+            _tick(scheduled)
+        except Exception as e:  # a failed pass is logged and the next one tries again
+            print(f"healthchecks: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
         time.sleep(TICK_SECONDS)
 
 

@@ -46,13 +46,16 @@ has_image() { podman image exists "$1"; }
 make_base() {
     local stamp_file="$CWM_CONTAINERS_DIR/base.stamp" stamp
     stamp="$(cat "$0" "$PODMAN_DIR/env.sh" | sha256sum | cut -c1-16)"
-    if [ -f "$CWM_CONTAINERS_DIR/base.tar" ] && [ "$(cat "$stamp_file" 2>/dev/null)" = "$stamp" ] \
-        && has_image "$BASE_TAG"; then
-        echo "base: up to date ($BASE_TAG)"
+    if [ -f "$CWM_CONTAINERS_DIR/base.tar" ] && [ "$(cat "$stamp_file" 2>/dev/null)" = "$stamp" ]; then
+        if has_image "$BASE_TAG"; then
+            echo "base: up to date ($BASE_TAG)"
+        else
+            import_base
+        fi
         return 0
     fi
     command -v mmdebstrap >/dev/null || { echo "base: mmdebstrap is not installed (make container-tools)" >&2; return 1; }
-    rm -f "$CWM_CONTAINERS_DIR/base.tar"
+    rm -f "$CWM_CONTAINERS_DIR/base.tar" "$CWM_CONTAINERS_DIR/base.tar.part"
     # python3-venv brings ensurepip's wheels (pip inside a venv); python3-pip gives `pip`.
     # The customize hooks give the official image's paths and leave no apt state behind.
     mmdebstrap --variant=minbase --format=tar --quiet \
@@ -67,12 +70,16 @@ make_base() {
         "deb $MIRROR bookworm main" "deb $MIRROR bookworm-updates main" \
         "deb $SECURITY_MIRROR bookworm-security main"
     mv "$CWM_CONTAINERS_DIR/base.tar.part" "$CWM_CONTAINERS_DIR/base.tar"
+    import_base
+    echo "$stamp" >"$stamp_file"
+}
+
+import_base() {
     podman import \
         --change 'ENV LANG=C.UTF-8' \
         --change 'CMD ["python3"]' \
         --change 'LABEL org.opencontainers.image.description="Debian 12 and its Python 3.11, made by docker/podman/images.sh"' \
         "$CWM_CONTAINERS_DIR/base.tar" "$BASE_TAG" >/dev/null
-    echo "$stamp" >"$stamp_file"
 }
 
 # build_context NAME FILE...: a fresh build folder holding FILE... (flat)
@@ -122,6 +129,8 @@ main() {
         all) timed base make_base; timed servers make_servers; timed cwm make_cwm ;;
         *) echo "usage: $0 [base|servers|cwm|all]" >&2; exit 2 ;;
     esac
+    # Images a rebuild left without a name (the last base, stages of older builds).
+    podman image prune --force >/dev/null
     sizes
 }
 

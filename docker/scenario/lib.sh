@@ -356,7 +356,8 @@ compose_wait() {
     id="$(compose ps -q "$name" | head -n 1)"
     [ -n "$id" ] || { log "no container for $name"; return 1; }
     while :; do
-        state="$(docker inspect -f '{{.State.Status}} {{if .State.Health}}{{.State.Health.Status}}{{else}}none{{end}}' "$id")"
+        state="$(docker inspect -f '{{.State.Status}} {{if .State.Health}}{{.State.Health.Status}}{{else}}none{{end}}' "$id")" \
+            || { log "$name: its container $id is gone"; return 1; }
         case "$state" in
             "running healthy"|"running none") return 0 ;;
             *unhealthy|exited*|dead*) log "$name is $state"; return 1 ;;

@@ -11,6 +11,7 @@ printed in the terminal summary.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import subprocess
 import sys
@@ -53,6 +54,15 @@ def podman(env: Mapping[str, str], *args: str, timeout: float = 120) -> subproce
 @pytest.fixture(scope="session")
 def engine() -> Iterator[dict[str, str]]:
     """The environment that reaches this checkout's podman, with every image built."""
+    # One container group at a time on a machine: two checkouts have their own storage,
+    # but the scenarios' published ports, netavark's bridges and iptables are the host's.
+    os.makedirs("/run/cwm-containers", exist_ok=True)
+    lock = open("/run/cwm-containers/group.lock", "w")  # noqa: SIM115 (held for the session)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        pytest.exit("containers: another container group holds /run/cwm-containers/group.lock "
+                    "(it uses the scenarios' fixed ports); run one at a time", returncode=1)
     env = engine_environment()
     check = subprocess.run(
         ["bash", "-c", 'source "$1" && podman_check', "-", str(PODMAN_DIR / "env.sh")],
@@ -80,6 +90,7 @@ def engine() -> Iterator[dict[str, str]]:
         yield env
     finally:
         subprocess.run(["bash", str(PODMAN_DIR / "engine.sh"), "stop"], env=env, capture_output=True, timeout=300)
+        lock.close()
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

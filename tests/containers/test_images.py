@@ -139,7 +139,7 @@ def test_unready_receiver_fails_its_healthcheck(containers: Containers, tmp_path
     address = containers.published(name, 8000)
     wait_for("/health answers 200", lambda: status_of(f"http://{address}/health") == 200)
     assert status_of(f"http://{address}/ready") == 503
-    assert healthcheck(containers.env, name).startswith("exit 1")
+    assert healthcheck(containers.env, name).startswith("exit 1:")
 
 
 def test_connector_image_holds_a_link_and_is_healthy(containers: Containers) -> None:

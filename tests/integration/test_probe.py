@@ -127,8 +127,8 @@ def test_unix_socket_non_2xx_is_exit_1_with_one_line(unix_server: tuple[str, typ
     assert (done.returncode, done.stderr) == (0, "")
 
 
-def test_setting_errors_exit_2() -> None:
+def test_setting_errors_exit_1() -> None:
     done = run_probe("connector")
-    assert done.returncode == 2
+    assert done.returncode == 1
     assert "CONNECTOR_STATUS_LISTEN is not set" in done.stderr
-    assert run_probe("nothing").returncode == 2
+    assert run_probe("nothing").returncode == 1

@@ -148,14 +148,14 @@ def test_main_exit_1_when_nothing_good_answers(
     assert err.count("\n") == 1
 
 
-def test_main_usage_and_setting_errors_exit_2(
+def test_main_usage_and_setting_errors_exit_1(
     fake_ask: FakeAsk, capsys: pytest.CaptureFixture[str]
 ) -> None:
     for argv in ([], ["other"], ["cwm", "connector"], ["--help"]):
-        assert main(argv, {}) == 2
+        assert main(argv, {}) == 1  # never 2: Docker reserves it in a HEALTHCHECK
         assert capsys.readouterr().err == "usage: python -m cwm.probe cwm|connector\n"
-    assert main(["connector"], {}) == 2
+    assert main(["connector"], {}) == 1
     assert "CONNECTOR_STATUS_LISTEN is not set" in capsys.readouterr().err
-    assert main(["cwm"], {"PORT": "zero"}) == 2
+    assert main(["cwm"], {"PORT": "zero"}) == 1
     assert capsys.readouterr().err.startswith("cwm.probe: no port in ")
     assert fake_ask.asked == []
