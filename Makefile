@@ -67,14 +67,14 @@ run: $(STAMP)
 test: $(STAMP) redis-server docker-compose container-tools
 	$(BIN)/python -m mypy cwm
 	$(BIN)/python -m pytest
-	$(BIN)/python -m pytest tests/containers
+	$(BIN)/python -m pytest tests/containers --durations=0
 
 # The images the compose files name, built here (docker/podman/images.sh).
 container-images: $(STAMP) container-tools
 	bash docker/podman/images.sh all
 
 containers: $(STAMP) redis-server docker-compose container-tools
-	$(BIN)/python -m pytest tests/containers
+	$(BIN)/python -m pytest tests/containers --durations=0
 
 unit: $(STAMP)
 	$(BIN)/python -m pytest tests/unit
