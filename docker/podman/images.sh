@@ -129,8 +129,8 @@ main() {
         all) timed base make_base; timed servers make_servers; timed cwm make_cwm ;;
         *) echo "usage: $0 [base|servers|cwm|all]" >&2; exit 2 ;;
     esac
-    # Images a rebuild left without a name (the last base, stages of older builds).
-    podman image prune --force >/dev/null 2>&1 || true  # an image a build container holds stays
+    # No `podman image prune`: the unnamed images are the layer cache (the builder stage's
+    # pip install among them) that compose's own builds rely on.
     sizes
 }
 
