@@ -158,7 +158,7 @@ def load_ca_bundle(path: str, setting: str) -> list[Certificate]:
     from twisted.internet.ssl import Certificate
 
     try:
-        with open(path, "rb") as bundle:
+        with open(path, "rb") as bundle:  # off-reactor: start-up only (makeService, before the reactor runs)
             pem = bundle.read()
     except OSError as error:
         raise ConfigError(f"invalid {setting}: cannot read {path}: {error.strerror or error}") from None

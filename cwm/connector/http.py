@@ -361,7 +361,7 @@ def _ascii(host: str) -> bytes:
 
 def _read(path: str, key: str) -> bytes:
     try:
-        with open(path, "rb") as f:
+        with open(path, "rb") as f:  # off-reactor: start-up only (makeService, before the reactor runs)
             return f.read()
     except OSError as error:
         raise ConfigError(f"invalid {key}: cannot read {path}: {error.strerror or error}") from None

@@ -13,7 +13,7 @@ _WITH_BACKLOG = ("tcp", "tcp6", "ssl", "unix")
 def default_backlog(somaxconn_path: str = SOMAXCONN) -> int:
     """511, or the kernel's ``somaxconn`` when lower (the kernel would cut it there anyway)."""
     try:
-        with open(somaxconn_path, encoding="ascii") as f:
+        with open(somaxconn_path, encoding="ascii") as f:  # off-reactor: settings, before the reactor runs
             kernel = int(f.read().strip())
     except (OSError, ValueError):
         return DEFAULT_BACKLOG
